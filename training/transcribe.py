@@ -1,7 +1,7 @@
 """Reference transcription with the PyTorch (transformers) model.
 
 This is the path every faster one (ONNX, quantised, Triton, streaming) is measured against, so it stays
-plain: our log-mel features (identical to ``WhisperFeatureExtractor``) and ``model.generate`` with
+plain: ``transcription_features`` (openai/whisper's log-mel convention) and ``model.generate`` with
 greedy or beam search, no timestamps, one 30-second window per utterance.
 
     python -m training.transcribe a.wav b.flac              # any audio files
@@ -20,7 +20,7 @@ import numpy as np
 
 from whisper_triton.audio import load_audio
 from whisper_triton.constants import SAMPLE_RATE
-from whisper_triton.features import extract_features
+from whisper_triton.features import transcription_features
 
 
 def transcribe_audio(
@@ -42,9 +42,7 @@ def transcribe_audio(
     texts: list[str] = []
     for start in range(0, len(audios), batch_size):
         batch = list(audios[start : start + batch_size])
-        features = torch.from_numpy(extract_features(batch, n_mels=n_mels)).to(model.dtype)
-        if features.ndim == 2:  # one utterance comes back without its batch dimension
-            features = features[None]
+        features = torch.from_numpy(transcription_features(batch, n_mels=n_mels)).to(model.dtype)
         with torch.inference_mode():
             ids = model.generate(
                 input_features=features.to(model.device),

@@ -1,0 +1,78 @@
+"""The wire contract between clients and the Triton model repository: model and tensor names, types, shapes.
+
+Every generated ``config.pbtxt`` is built from these specs (``build``), the Python-backend models read
+and write exactly these tensors, and the client sends and parses them; a test compares the generated
+configs with this module.
+
+Clients call one model, ``whisper`` (an ensemble):
+    AUDIO        FP32   [-1]  16 kHz mono PCM in [-1, 1]             (AUDIO or AUDIO_BYTES, not both)
+    AUDIO_BYTES  BYTES  [1]   an encoded file (wav, flac, mp3, ogg, ...)
+    OPTIONS      BYTES  [1]   optional JSON object of decoding options (see whisper_triton.options)
+  ->
+    TEXT         BYTES  [1]   the transcript
+    SEGMENTS     BYTES  [1]   JSON list of {"start": s, "end": s, "text": str}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ENSEMBLE_MODEL = "whisper"
+FEATURES_MODEL = "whisper_features"
+ENCODER_MODEL = "whisper_encoder"
+DECODER_MODEL = "whisper_decoder"
+
+AUDIO = "AUDIO"
+AUDIO_BYTES = "AUDIO_BYTES"
+OPTIONS = "OPTIONS"
+TEXT = "TEXT"
+SEGMENTS = "SEGMENTS"
+INPUT_FEATURES = "INPUT_FEATURES"  # [windows, n_mels, 3000] log-mel windows of one request
+WINDOWS = "WINDOWS"  # [windows, 2] start and end (seconds) of each window in the request's audio
+ENCODER_OUTPUT = "ENCODER_OUTPUT"  # [windows, 1500, d_model]
+DECODE_OPTIONS = "DECODE_OPTIONS"  # the validated options, as canonical JSON, passed on to decoding
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    name: str
+    data_type: str  # Triton's config name: TYPE_FP32, TYPE_STRING, ...
+    dims: tuple[int, ...]
+    optional: bool = False
+
+
+def ensemble_inputs() -> tuple[TensorSpec, ...]:
+    return (
+        TensorSpec(AUDIO, "TYPE_FP32", (-1,), optional=True),
+        TensorSpec(AUDIO_BYTES, "TYPE_STRING", (1,), optional=True),
+        TensorSpec(OPTIONS, "TYPE_STRING", (1,), optional=True),
+    )
+
+
+def ensemble_outputs() -> tuple[TensorSpec, ...]:
+    return (TensorSpec(TEXT, "TYPE_STRING", (1,)), TensorSpec(SEGMENTS, "TYPE_STRING", (1,)))
+
+
+def features_outputs(n_mels: int, n_frames: int) -> tuple[TensorSpec, ...]:
+    return (
+        TensorSpec(INPUT_FEATURES, "TYPE_FP32", (-1, n_mels, n_frames)),
+        TensorSpec(WINDOWS, "TYPE_FP32", (-1, 2)),
+        TensorSpec(DECODE_OPTIONS, "TYPE_STRING", (1,)),
+    )
+
+
+def encoder_input(n_mels: int, n_frames: int) -> TensorSpec:
+    """Per batch item (the encoder is batched by Triton's dynamic batcher)."""
+    return TensorSpec(INPUT_FEATURES, "TYPE_FP32", (n_mels, n_frames))
+
+
+def encoder_output(n_positions: int, d_model: int) -> TensorSpec:
+    return TensorSpec(ENCODER_OUTPUT, "TYPE_FP32", (n_positions, d_model))
+
+
+def decoder_inputs(n_positions: int, d_model: int) -> tuple[TensorSpec, ...]:
+    return (
+        TensorSpec(ENCODER_OUTPUT, "TYPE_FP32", (-1, n_positions, d_model)),
+        TensorSpec(WINDOWS, "TYPE_FP32", (-1, 2)),
+        TensorSpec(DECODE_OPTIONS, "TYPE_STRING", (1,)),
+    )
