@@ -8,8 +8,9 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 APT_PACKAGES := espeak-ng ffmpeg sox
 CORPUS ?= .cache/demo-corpus
+MODEL_REPOSITORY ?= model_repository
 
-.PHONY: help setup system-deps test lint demo bench-features clean
+.PHONY: help setup system-deps test lint demo build-repo bench-features serve clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -19,7 +20,11 @@ setup: system-deps ## create .venv with every dependency, and convert the bundle
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q "$(TORCH_SPEC)"
 	$(PY) -m pip install -q -e ".[dev]"
+	# tritonserver (CPU, Python backend) ships in this wheel; --no-deps: it pins numpy<2, which the
+	# server models get in their own site directory (build/triton_runtime.py) instead.
+	$(PY) -m pip install -q --no-deps "nvidia-pytriton==0.7.0"
 	$(PY) -c "from training.modeling import bundled_tiny_en_dir; print('tiny.en ready at', bundled_tiny_en_dir())"
+	$(PY) -m build.triton_runtime
 
 system-deps: ## Debian packages for speech synthesis and audio decoding (skipped when present)
 	@missing=$$(for p in $(APT_PACKAGES); do command -v $$p >/dev/null || echo $$p; done); \
@@ -36,11 +41,17 @@ lint: ## ruff
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 
-demo: ## synthesise a few sentences and transcribe them with tiny.en (PyTorch reference)
-	$(PY) -m training.transcribe --corpus $(CORPUS) --num 6
+demo: ## build tiny.en into model_repository/, start tritonserver, transcribe sample speech over gRPC
+	$(PY) scripts/demo.py
+
+build-repo: ## python -m build with the defaults (tiny.en, python runtime, fp32) into model_repository/
+	$(PY) -m build --output $(MODEL_REPOSITORY)
 
 bench-features: ## log-mel extraction: ours vs transformers' WhisperFeatureExtractor
 	$(PY) scripts/bench_features.py
+
+serve: ## run tritonserver (CPU, from nvidia-pytriton) for MODEL_REPOSITORY on ports 8000-8002 until Ctrl-C
+	$(PY) -m build.server --model-repository $(MODEL_REPOSITORY)
 
 clean:
 	rm -rf .cache artifacts .pytest_cache

@@ -24,9 +24,15 @@ import soxr
 
 from whisper_triton.constants import HOP_LENGTH, N_FFT, SAMPLE_RATE
 
-MAX_CHANNELS = 16  # more than any common layout (7.1.4 surround has 12); a wider axis is a batch, not channels
-NORMALIZE_PEAK = 0.95  # peak after normalisation: 0.45 dB of headroom so resampling/augmentation overshoot won't clip
-TRIM_TOP_DB = 60.0  # frames this far below the loudest frame's energy count as silence (librosa.effects.trim's default)
+MAX_CHANNELS = (
+    16  # more than any common layout (7.1.4 surround has 12); a wider axis is a batch, not channels
+)
+NORMALIZE_PEAK = (
+    0.95  # peak after normalisation: 0.45 dB of headroom so resampling/augmentation overshoot won't clip
+)
+TRIM_TOP_DB = (
+    60.0  # frames this far below the loudest frame's energy count as silence (librosa.effects.trim's default)
+)
 # Trimming looks at Whisper's own analysis frames (25 ms windows every 10 ms): it can cut no finer than the
 # encoder can see.
 TRIM_FRAME_LENGTH = N_FFT
@@ -38,7 +44,9 @@ class AudioError(ValueError):
     """Audio that cannot be used: missing, undecodable, empty, non-finite or of an unusable shape."""
 
 
-def load_audio(source: str | Path | bytes | bytearray | memoryview, sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+def load_audio(
+    source: str | Path | bytes | bytearray | memoryview, sample_rate: int = SAMPLE_RATE
+) -> np.ndarray:
     """Decode a file or an encoded byte string to mono float32 at ``sample_rate`` (16 kHz by default).
 
     WAV, FLAC, OGG/Vorbis and the other formats libsndfile knows (MP3 too, from libsndfile 1.1) are read
@@ -98,7 +106,9 @@ def resample(audio: np.ndarray, orig_rate: int, target_rate: int = SAMPLE_RATE) 
     audio = np.asarray(audio, dtype=np.float32)
     if orig_rate == target_rate:
         return audio.copy()
-    return np.ascontiguousarray(soxr.resample(audio, orig_rate, target_rate, quality=RESAMPLE_QUALITY), np.float32)
+    return np.ascontiguousarray(
+        soxr.resample(audio, orig_rate, target_rate, quality=RESAMPLE_QUALITY), np.float32
+    )
 
 
 def to_mono(audio: np.ndarray, name: str = "audio") -> np.ndarray:

@@ -9,8 +9,8 @@ Clients call one model, ``whisper`` (an ensemble):
     AUDIO_BYTES  BYTES  [1]   an encoded file (wav, flac, mp3, ogg, ...)
     OPTIONS      BYTES  [1]   optional JSON object of decoding options (see whisper_triton.options)
   ->
-    TEXT         BYTES  [1]   the transcript
-    SEGMENTS     BYTES  [1]   JSON list of {"start": s, "end": s, "text": str}
+    TEXT         BYTES  [1, 1]  the transcript
+    SEGMENTS     BYTES  [1, 1]  JSON list of {"start": s, "end": s, "text": str}
 """
 
 from __future__ import annotations
@@ -27,9 +27,9 @@ AUDIO_BYTES = "AUDIO_BYTES"
 OPTIONS = "OPTIONS"
 TEXT = "TEXT"
 SEGMENTS = "SEGMENTS"
-INPUT_FEATURES = "INPUT_FEATURES"  # [windows, n_mels, 3000] log-mel windows of one request
-WINDOWS = "WINDOWS"  # [windows, 2] start and end (seconds) of each window in the request's audio
-ENCODER_OUTPUT = "ENCODER_OUTPUT"  # [windows, 1500, d_model]
+INPUT_FEATURES = "INPUT_FEATURES"  # [1, windows, n_mels, 3000] log-mel windows of one request
+WINDOWS = "WINDOWS"  # [1, windows, 2] start and end (seconds) of each window in the request's audio
+ENCODER_OUTPUT = "ENCODER_OUTPUT"  # [1, windows, 1500, d_model]
 DECODE_OPTIONS = "DECODE_OPTIONS"  # the validated options, as canonical JSON, passed on to decoding
 
 
@@ -49,25 +49,28 @@ def ensemble_inputs() -> tuple[TensorSpec, ...]:
     )
 
 
+# The ensemble takes no batch dimension (max_batch_size 0): one request is one audio. Its windows travel
+# as a batch of one item [1, windows, ...], so the encoder's and decoder's dynamic batchers group
+# concurrent requests (the encoder those with equally many windows, which short requests always have).
 def ensemble_outputs() -> tuple[TensorSpec, ...]:
-    return (TensorSpec(TEXT, "TYPE_STRING", (1,)), TensorSpec(SEGMENTS, "TYPE_STRING", (1,)))
+    return (TensorSpec(TEXT, "TYPE_STRING", (1, 1)), TensorSpec(SEGMENTS, "TYPE_STRING", (1, 1)))
 
 
 def features_outputs(n_mels: int, n_frames: int) -> tuple[TensorSpec, ...]:
     return (
-        TensorSpec(INPUT_FEATURES, "TYPE_FP32", (-1, n_mels, n_frames)),
-        TensorSpec(WINDOWS, "TYPE_FP32", (-1, 2)),
-        TensorSpec(DECODE_OPTIONS, "TYPE_STRING", (1,)),
+        TensorSpec(INPUT_FEATURES, "TYPE_FP32", (1, -1, n_mels, n_frames)),
+        TensorSpec(WINDOWS, "TYPE_FP32", (1, -1, 2)),
+        TensorSpec(DECODE_OPTIONS, "TYPE_STRING", (1, 1)),
     )
 
 
-def encoder_input(n_mels: int, n_frames: int) -> TensorSpec:
-    """Per batch item (the encoder is batched by Triton's dynamic batcher)."""
-    return TensorSpec(INPUT_FEATURES, "TYPE_FP32", (n_mels, n_frames))
+def encoder_inputs(n_mels: int, n_frames: int) -> tuple[TensorSpec, ...]:
+    """Per batch item; the encoder and decoder models batch requests (max_batch_size > 0)."""
+    return (TensorSpec(INPUT_FEATURES, "TYPE_FP32", (-1, n_mels, n_frames)),)
 
 
-def encoder_output(n_positions: int, d_model: int) -> TensorSpec:
-    return TensorSpec(ENCODER_OUTPUT, "TYPE_FP32", (n_positions, d_model))
+def encoder_outputs(n_positions: int, d_model: int) -> tuple[TensorSpec, ...]:
+    return (TensorSpec(ENCODER_OUTPUT, "TYPE_FP32", (-1, n_positions, d_model)),)
 
 
 def decoder_inputs(n_positions: int, d_model: int) -> tuple[TensorSpec, ...]:
@@ -76,3 +79,7 @@ def decoder_inputs(n_positions: int, d_model: int) -> tuple[TensorSpec, ...]:
         TensorSpec(WINDOWS, "TYPE_FP32", (-1, 2)),
         TensorSpec(DECODE_OPTIONS, "TYPE_STRING", (1,)),
     )
+
+
+def decoder_outputs() -> tuple[TensorSpec, ...]:
+    return (TensorSpec(TEXT, "TYPE_STRING", (1,)), TensorSpec(SEGMENTS, "TYPE_STRING", (1,)))

@@ -1,0 +1,70 @@
+"""python -m build: a Whisper checkpoint -> a verified Triton model repository."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+
+from build.optimize import PRECISIONS
+from build.triton_config import RUNTIMES, ServingSettings
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m build",
+        description="Export a Whisper model to ONNX (optionally INT8 or TensorRT), verify it against PyTorch, "
+        "and write a complete Triton model repository.",
+    )
+    parser.add_argument(
+        "--model", default="tiny.en", help="model name or directory (default tiny.en, bundled)"
+    )
+    parser.add_argument(
+        "--output", default="model_repository", help="repository directory (default model_repository)"
+    )
+    parser.add_argument(
+        "--runtime",
+        choices=RUNTIMES,
+        default="python",
+        help="encoder runtime: python (ONNX Runtime in a Python-backend model; CPU tritonserver), "
+        "onnxruntime (Triton's onnxruntime backend) or tensorrt (FP16 engine; needs a GPU)",
+    )
+    parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="weights: fp32, fp16 or int8")
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=ServingSettings.max_batch_size,
+        help="requests the dynamic batchers group into one execution",
+    )
+    parser.add_argument(
+        "--max-audio-seconds",
+        type=float,
+        default=ServingSettings.max_audio_seconds,
+        help="longer requests are rejected",
+    )
+    parser.add_argument(
+        "--threads", type=int, default=ServingSettings.threads, help="ONNX Runtime threads per session"
+    )
+    parser.add_argument("--skip-verify", action="store_true", help="skip the parity check against PyTorch")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    from build.repository import build_model_repository
+
+    settings = ServingSettings(
+        runtime=args.runtime,
+        max_batch_size=args.max_batch_size,
+        max_audio_seconds=args.max_audio_seconds,
+        threads=args.threads,
+    )
+    started = time.perf_counter()
+    result = build_model_repository(
+        args.model, args.output, args.precision, settings, verify=not args.skip_verify
+    )
+    print(f"{result.repository}: {result.report.summary()} ({time.perf_counter() - started:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

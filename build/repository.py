@@ -1,0 +1,123 @@
+"""Checkpoint -> ONNX (-> int8 / TensorRT) -> verified -> a complete Triton model repository.
+
+Layout written to ``output``:
+    environment.json                 sys.path of the CPU server's Python models (build.triton_runtime)
+    whisper/config.pbtxt             the ensemble clients call
+    whisper_features/{config.pbtxt, 1/model.py}
+    whisper_encoder/{config.pbtxt, 1/model.py + encoder.onnx | 1/model.onnx | 1/model.plan}
+    whisper_decoder/{config.pbtxt, 1/model.py, cross_kv.onnx, decoder.onnx, manifest.json, tokenizer.json}
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from build import onnx_export
+from build.optimize import PRECISIONS, optimize_onnx_model, quantize_onnx_int8
+from build.triton_config import ServingSettings, model_configs, write_config
+from build.verify import VerificationReport, verify_onnx
+from whisper_triton import contract
+from whisper_triton.manifest import TOKENIZER_FILE, manifest_from_model
+
+logger = logging.getLogger(__name__)
+
+SOURCE_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"  # the model.py sources
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    repository: Path
+    report: VerificationReport
+
+
+def build_model_repository(
+    model_name_or_path: str = "tiny.en",
+    output: str | Path = SOURCE_REPOSITORY,
+    precision: str = "fp32",
+    settings: ServingSettings | None = None,
+    verify: bool = True,
+) -> BuildResult:
+    """Export, optimise, verify and lay out the Triton repository; returns where and what was checked."""
+    from training.modeling import create_whisper_model_and_processor
+
+    settings = settings or ServingSettings()
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if settings.runtime == "tensorrt" and precision == "int8":
+        raise ValueError("the TensorRT runtime builds FP16 engines: use --precision fp16 (or fp32)")
+    output = Path(output)
+    model, processor = create_whisper_model_and_processor(model_name_or_path)
+    manifest = manifest_from_model(model, processor, precision=precision, source=str(model_name_or_path))
+
+    with tempfile.TemporaryDirectory(prefix="whisper-onnx-") as tmp:
+        exported = onnx_export.export_onnx_models(model, Path(tmp) / "fp32")
+        onnx_dir = Path(tmp) / "final"
+        onnx_dir.mkdir()
+        for path in (exported.encoder, exported.cross_kv, exported.decoder):
+            target = onnx_dir / path.name
+            if precision == "int8":
+                quantize_onnx_int8(path, target)
+            elif precision == "fp16" and settings.runtime != "tensorrt":
+                optimize_onnx_model(path, target, float16=True)
+            else:
+                optimize_onnx_model(path, target)
+        processor.tokenizer.backend_tokenizer.save(str(onnx_dir / TOKENIZER_FILE))
+        manifest.save(onnx_dir)
+        report = (
+            verify_onnx(model, processor, onnx_dir, manifest, precision)
+            if verify
+            else VerificationReport.skipped()
+        )
+        _lay_out(onnx_dir, output, manifest, settings)
+    _write_environment(output, settings)
+    logger.info("model repository ready in %s (%s, %s)", output, settings.runtime, precision)
+    return BuildResult(output, report)
+
+
+def _lay_out(onnx_dir: Path, output: Path, manifest, settings: ServingSettings) -> None:
+    configs = model_configs(manifest, settings)
+    for name, config in configs.items():
+        write_config(config, output / name)
+    (output / contract.ENSEMBLE_MODEL / "1").mkdir(exist_ok=True)  # Triton needs a version, even an empty one
+    _copy_model_code(contract.FEATURES_MODEL, output)
+    _copy_model_code(contract.DECODER_MODEL, output)
+    decoder_version = output / contract.DECODER_MODEL / "1"
+    for name in (onnx_export.CROSS_KV_FILE, onnx_export.DECODER_FILE, "manifest.json", TOKENIZER_FILE):
+        shutil.copy2(onnx_dir / name, decoder_version / name)
+    encoder_version = output / contract.ENCODER_MODEL / "1"
+    encoder_version.mkdir(parents=True, exist_ok=True)
+    # A rebuild for another runtime must not leave the previous runtime's encoder behind.
+    for stale in ("model.onnx", "model.plan", onnx_export.ENCODER_FILE):
+        (encoder_version / stale).unlink(missing_ok=True)
+    if settings.runtime != "python" and output.resolve() != SOURCE_REPOSITORY.resolve():
+        (encoder_version / "model.py").unlink(missing_ok=True)
+    if settings.runtime == "python":
+        _copy_model_code(contract.ENCODER_MODEL, output)
+        shutil.copy2(onnx_dir / onnx_export.ENCODER_FILE, encoder_version / onnx_export.ENCODER_FILE)
+    elif settings.runtime == "onnxruntime":
+        shutil.copy2(onnx_dir / onnx_export.ENCODER_FILE, encoder_version / "model.onnx")
+    else:
+        from build.tensorrt import create_tensorrt_engine
+
+        create_tensorrt_engine(
+            onnx_dir / onnx_export.ENCODER_FILE, encoder_version / "model.plan", precision="fp16"
+        )
+
+
+def _copy_model_code(name: str, output: Path) -> None:
+    source = SOURCE_REPOSITORY / name / "1" / "model.py"
+    target = output / name / "1" / "model.py"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if source.resolve() != target.resolve():
+        shutil.copy2(source, target)
+
+
+def _write_environment(output: Path, settings: ServingSettings) -> None:
+    """environment.json for the CPU server's Python models (see build.triton_runtime)."""
+    from build.triton_runtime import prepare_triton_runtime, write_environment_file
+
+    write_environment_file(output, prepare_triton_runtime())

@@ -1,0 +1,382 @@
+"""Start and stop a real ``tritonserver`` for a model repository: for tests, demos and ``make serve``.
+
+:class:`TritonServer` runs the CPU server prepared by :mod:`build.triton_runtime` in its own process group
+(so that stopping it also stops the Python-backend stub processes it forked), on free loopback ports
+unless told otherwise, with its output in a log file, and waits until ``/v2/health/ready`` answers. When
+the server dies or is not ready in time, :class:`TritonServerError` carries the end of the log and each
+model's load error, which is where the real cause is.
+
+``python -m build.server --model-repository DIR`` (``make serve``) runs it in the foreground, printing the
+server log, until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import IO, Literal
+
+from build.triton_runtime import (
+    TritonRuntime,
+    TritonRuntimeError,
+    prepare_triton_runtime,
+    write_environment_file,
+)
+
+ModelControlMode = Literal["none", "explicit"]
+POLL_INTERVAL_S = 0.1
+
+
+class TritonServerError(RuntimeError):
+    """tritonserver did not start or did not become ready; the message holds its log and load errors."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that nothing listens on right now (the OS picks it; another process could still take it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether a server could listen on ``port`` now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # As servers do (tritonserver too): connections of a stopped server lingering in TIME_WAIT do not
+        # block a new listener, while a listening socket still does.
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+        return True
+
+
+def _process_group_exists(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)  # signal 0: only asks whether any process of the group is left
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # a process with that id exists but is not ours: not our group any more
+        return False
+    return True
+
+
+class TritonServer:
+    """A ``tritonserver`` process serving ``model_repository``; a context manager.
+
+    ``model_control_mode="none"`` loads every model at start (what a deployment does);
+    ``"explicit"`` loads only ``load_models`` (``"*"`` for all) and lets clients load and unload models,
+    which tests use to load just what they need. Ports left as None are free ports chosen at start;
+    ``host`` is the address the server binds (``0.0.0.0`` for every interface); the ``url_*`` properties
+    always point at a loopback address when ``host`` is a wildcard.
+
+    Before starting, ``environment.json`` in the model repository is (re)written for the runtime this
+    server uses, so that the models' :data:`~build.triton_runtime.ENVIRONMENT_SNIPPET` finds that runtime's
+    site directory.
+    """
+
+    def __init__(
+        self,
+        model_repository: Path,
+        *,
+        runtime: TritonRuntime | None = None,
+        host: str = "127.0.0.1",
+        http_port: int | None = None,
+        grpc_port: int | None = None,
+        metrics_port: int | None = None,
+        model_control_mode: ModelControlMode = "none",
+        load_models: Sequence[str] = (),
+        log_path: Path | None = None,
+        startup_timeout_s: float = 120.0,
+        extra_args: Sequence[str] = (),
+    ):
+        if model_control_mode not in ("none", "explicit"):
+            raise ValueError(f"model_control_mode must be 'none' or 'explicit', not {model_control_mode!r}")
+        if load_models and model_control_mode != "explicit":
+            raise ValueError(
+                "load_models needs model_control_mode='explicit' (mode 'none' loads every model)"
+            )
+        self.model_repository = Path(model_repository).resolve()
+        self.runtime = runtime
+        self.host = host
+        self._requested_ports = {"http": http_port, "grpc": grpc_port, "metrics": metrics_port}
+        self.ports: dict[str, int] = {}
+        self.model_control_mode = model_control_mode
+        self.load_models = tuple(load_models)
+        self.log_path = Path(log_path) if log_path is not None else None
+        self.startup_timeout_s = startup_timeout_s
+        self.extra_args = tuple(extra_args)
+        self._process: subprocess.Popen | None = None
+        self._log: IO[bytes] | None = None
+
+    # -- addresses -------------------------------------------------------------------------------------
+
+    @property
+    def _connect_host(self) -> str:
+        return "127.0.0.1" if self.host in ("0.0.0.0", "") else self.host
+
+    @property
+    def url_http(self) -> str:
+        """``host:port`` of the HTTP endpoint, the form ``tritonclient.http`` takes (no scheme)."""
+        return f"{self._connect_host}:{self.ports['http']}"
+
+    @property
+    def url_grpc(self) -> str:
+        """``host:port`` of the gRPC endpoint, the form ``tritonclient.grpc`` takes."""
+        return f"{self._connect_host}:{self.ports['grpc']}"
+
+    @property
+    def url_metrics(self) -> str:
+        """The full Prometheus metrics URL, ``http://host:port/metrics``."""
+        return f"http://{self._connect_host}:{self.ports['metrics']}/metrics"
+
+    @property
+    def pid(self) -> int | None:
+        """The server's process id, which is also its process group id (None before start)."""
+        return self._process.pid if self._process is not None else None
+
+    # -- life cycle ------------------------------------------------------------------------------------
+
+    def command(self) -> list[str]:
+        """The tritonserver command line (ports must be chosen, i.e. after :meth:`start` began)."""
+        assert self.runtime is not None and self.ports, "command() is known once start() has begun"
+        command = [str(self.runtime.server_binary), "--model-repository", str(self.model_repository)]
+        command += ["--backend-directory", str(self.runtime.backend_directory)]
+        for endpoint in ("http", "grpc", "metrics"):
+            command += [f"--{endpoint}-address", self.host, f"--{endpoint}-port", str(self.ports[endpoint])]
+        command += ["--log-verbose", "0", "--model-control-mode", self.model_control_mode]
+        command += [f"--load-model={name}" for name in self.load_models]
+        return command + list(self.extra_args)
+
+    def start(self) -> TritonServer:
+        """Start the server and wait until it is ready; raises :class:`TritonServerError` otherwise."""
+        if self._process is not None:
+            raise RuntimeError("this TritonServer was already started")
+        if not self.model_repository.is_dir():
+            raise TritonServerError(f"model repository {self.model_repository} is not a directory")
+        if self.runtime is None:
+            self.runtime = prepare_triton_runtime()
+        write_environment_file(self.model_repository, self.runtime)
+        self._choose_ports()
+        if self.log_path is None:
+            logs = self.runtime.backend_directory.parent / "logs"  # .cache/triton/logs
+            self.log_path = logs / f"tritonserver-{self.ports['http']}.log"
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = open(self.log_path, "wb")
+        command = self.command()
+        # If this Python process dies without stopping the server (SIGKILL, a crashed test run), setpriv
+        # makes the kernel send the server SIGTERM, so no tritonserver outlives its owner. (The kernel ties
+        # this to the thread that starts the server: start it from the main thread or a long-lived one.)
+        if shutil.which("setpriv"):
+            command = ["setpriv", "--pdeathsig", "TERM", "--", *command]
+        self._process = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,  # the stubs' prints and tracebacks land in the same log
+            env=self.runtime.process_environment(),
+            start_new_session=True,  # its own process group: stop() signals the server and its stubs
+        )
+        try:
+            self._wait_until_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _choose_ports(self) -> None:
+        taken: set[int] = set()
+        for endpoint, port in self._requested_ports.items():
+            if port is None:
+                port = free_port(self._connect_host)
+                while port in taken:
+                    port = free_port(self._connect_host)
+            elif not port_is_free(port, self._connect_host):
+                # Checked here because the readiness probe would otherwise talk to whoever holds the port.
+                raise TritonServerError(f"{endpoint} port {port} is already in use")
+            taken.add(port)
+            self.ports[endpoint] = port
+
+    def _wait_until_ready(self) -> None:
+        deadline = time.monotonic() + self.startup_timeout_s
+        while True:
+            if self._process.poll() is not None:
+                raise TritonServerError(
+                    f"tritonserver exited with code {self._process.returncode} before it was ready\n"
+                    + self._diagnostics()
+                )
+            if self._http_ok("GET", "/v2/health/ready"):
+                return
+            if time.monotonic() > deadline:
+                raise TritonServerError(
+                    f"tritonserver was not ready after {self.startup_timeout_s:.0f} s\n" + self._diagnostics()
+                )
+            time.sleep(POLL_INTERVAL_S)
+
+    def _http(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        url = f"http://{self._connect_host}:{self.ports['http']}{path}"
+        request = urllib.request.Request(url, data=body, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=2) as response:
+                return response.status, response.read()
+        except urllib.error.HTTPError as error:  # 400 "not ready" and the like: an answer all the same
+            return error.code, error.read()
+
+    def _http_ok(self, method: str, path: str) -> bool:
+        try:
+            return self._http(method, path)[0] == 200
+        except (OSError, urllib.error.URLError):  # not listening yet
+            return False
+
+    def model_states(self) -> list[dict]:
+        """The repository index: each model's name, version, state and (when not READY) reason."""
+        status, body = self._http("POST", "/v2/repository/index", b"{}")
+        if status != 200:
+            raise TritonServerError(f"repository index: HTTP {status}: {body.decode(errors='replace')}")
+        return json.loads(body)
+
+    def _diagnostics(self) -> str:
+        """Model load errors (from the server when it still answers, else from its log) and the log tail."""
+        log = self.log_text()
+        errors = []
+        if self.is_alive():
+            try:
+                errors = [
+                    f"{model['name']} (version {model.get('version', '?')}): {model.get('state')}: "
+                    f"{model.get('reason', '')}"
+                    for model in self.model_states()
+                    if model.get("state") != "READY"
+                ]
+            except (OSError, TritonServerError, ValueError):
+                pass
+        if not errors:  # the server prints load failures and a model status table when it gives up
+            errors = [line.strip() for line in log.splitlines() if "failed to load" in line]
+        tail = "\n".join(log.splitlines()[-40:])
+        loads = "\n".join(f"  {error}" for error in errors) or "  (none reported)"
+        return f"model load errors:\n{loads}\nlast lines of {self.log_path}:\n{tail}"
+
+    def log_text(self) -> str:
+        """Everything the server (and its stubs) wrote so far."""
+        if self.log_path is None or not self.log_path.exists():
+            return ""
+        return self.log_path.read_text(errors="replace")
+
+    def is_alive(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    @property
+    def returncode(self) -> int | None:
+        return self._process.returncode if self._process is not None else None
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """SIGTERM to the whole process group, then SIGKILL after ``timeout_s``; idempotent.
+
+        Returns once the server is reaped and no process of its group is left, so its ports are free.
+        """
+        if self._process is None:
+            return
+        pgid = self._process.pid  # start_new_session made the server the leader of its own group
+        if self._process.poll() is None or _process_group_exists(pgid):
+            self._signal_group(pgid, signal.SIGTERM)
+            try:
+                self._process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                self._signal_group(pgid, signal.SIGKILL)
+                self._process.wait()
+            # The stubs may outlive the server by a moment; give them until the deadline, then kill them.
+            deadline = time.monotonic() + timeout_s
+            while _process_group_exists(pgid) and time.monotonic() < deadline:
+                time.sleep(POLL_INTERVAL_S)
+            if _process_group_exists(pgid):
+                self._signal_group(pgid, signal.SIGKILL)
+        if self._log is not None:
+            self._log.close()
+            self._log = None
+
+    @staticmethod
+    def _signal_group(pgid: int, signum: int) -> None:
+        try:
+            os.killpg(pgid, signum)
+        except ProcessLookupError:
+            pass
+
+    def __enter__(self) -> TritonServer:
+        return self.start()
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
+
+
+def _follow(server: TritonServer) -> int:
+    """Print the server log as it grows until the server exits; its exit code."""
+    with open(server.log_path, "rb") as log:
+        while True:
+            chunk = log.read()
+            if chunk:
+                sys.stdout.write(chunk.decode(errors="replace"))
+                sys.stdout.flush()
+            elif not server.is_alive():
+                return server.returncode or 0
+            else:
+                time.sleep(0.2)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m build.server", description=__doc__.split("\n")[0])
+    parser.add_argument("--model-repository", type=Path, required=True)
+    parser.add_argument("--host", default="0.0.0.0", help="address to bind (%(default)s: every interface)")
+    parser.add_argument("--http-port", type=int, default=8000)
+    parser.add_argument("--grpc-port", type=int, default=8001)
+    parser.add_argument("--metrics-port", type=int, default=8002)
+    parser.add_argument("--model-control-mode", choices=("none", "explicit"), default="none")
+    parser.add_argument("--load-model", action="append", default=[], help="with explicit mode; repeatable")
+    parser.add_argument("--log-file", type=Path, help="default: .cache/triton/logs/tritonserver-PORT.log")
+    parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds (%(default)s)")
+    args = parser.parse_args(argv)
+    # Ctrl-C and SIGTERM (docker stop, kill) both stop the server through KeyboardInterrupt; SIGINT is set
+    # explicitly because a shell starts background jobs with it ignored.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    server = TritonServer(
+        args.model_repository,
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        metrics_port=args.metrics_port,
+        model_control_mode=args.model_control_mode,
+        load_models=args.load_model,
+        log_path=args.log_file,
+        startup_timeout_s=args.startup_timeout,
+    )
+    try:
+        print(f"starting tritonserver for {server.model_repository} ...", flush=True)
+        with server:
+            print(
+                f"ready (bound to {server.host}): HTTP {server.url_http}, gRPC {server.url_grpc}, "
+                f"metrics {server.url_metrics} (log: {server.log_path}); Ctrl-C stops it",
+                flush=True,
+            )
+            code = _follow(server)
+            print(f"tritonserver exited with code {code}", file=sys.stderr)
+            return code or 1  # it is meant to run until stopped: exiting on its own is a failure
+    except (TritonRuntimeError, TritonServerError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nstopped", file=sys.stderr)
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,164 @@
+"""Every config.pbtxt of the model repository, generated from the wire contract as ModelConfig protobufs.
+
+Building the configs as ``tritonclient``'s ``ModelConfig`` messages validates field names and types by
+construction; ``parse_config`` reads a written file back the same way (tests compare both with
+``whisper_triton.contract``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from google.protobuf import text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from whisper_triton import contract
+from whisper_triton.contract import TensorSpec
+from whisper_triton.manifest import ModelManifest
+
+RUNTIMES = ("python", "onnxruntime", "tensorrt")
+
+
+@dataclass(frozen=True)
+class ServingSettings:
+    runtime: str = "python"
+    max_batch_size: int = 8  # requests the encoder/decoder batchers group into one execution
+    max_queue_delay_us: int = 5000  # how long a request waits for others to batch with (5 ms)
+    max_audio_seconds: float = 600.0  # longer requests are rejected with a clear error
+    feature_instances: int = 2  # feature extraction is per request: parallel instances keep up
+    threads: int = 2  # intra-op threads of each ONNX Runtime session (this machine has 2 cores)
+
+    def __post_init__(self):
+        if self.runtime not in RUNTIMES:
+            raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
+        if self.max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+
+
+def _tensor(message_type, spec: TensorSpec):
+    tensor = message_type(name=spec.name, data_type=mc.DataType.Value(spec.data_type), dims=list(spec.dims))
+    if spec.optional:
+        tensor.optional = True
+    return tensor
+
+
+def _python_model(
+    name: str, inputs, outputs, parameters: dict[str, str], max_batch_size: int, instances: int, settings
+):
+    config = mc.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
+    config.input.extend(_tensor(mc.ModelInput, spec) for spec in inputs)
+    config.output.extend(_tensor(mc.ModelOutput, spec) for spec in outputs)
+    config.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=instances))
+    for key, value in parameters.items():
+        config.parameters[key].string_value = value
+    if max_batch_size > 0:
+        config.dynamic_batching.max_queue_delay_microseconds = settings.max_queue_delay_us
+    return config
+
+
+def model_configs(manifest: ModelManifest, settings: ServingSettings) -> dict[str, mc.ModelConfig]:
+    """The ModelConfig of each model in the repository, keyed by model name."""
+    n_frames = 2 * manifest.n_audio_ctx  # the encoder's stride-2 convolution halves the mel frames
+    threads = {"threads": str(settings.threads)}
+    features = _python_model(
+        contract.FEATURES_MODEL,
+        contract.ensemble_inputs(),
+        contract.features_outputs(manifest.n_mels, n_frames),
+        {"n_mels": str(manifest.n_mels), "max_audio_seconds": str(settings.max_audio_seconds)},
+        0,
+        settings.feature_instances,
+        settings,
+    )
+    encoder_inputs = contract.encoder_inputs(manifest.n_mels, n_frames)
+    encoder_outputs = contract.encoder_outputs(manifest.n_audio_ctx, manifest.d_model)
+    if settings.runtime == "python":
+        encoder = _python_model(
+            contract.ENCODER_MODEL,
+            encoder_inputs,
+            encoder_outputs,
+            threads,
+            settings.max_batch_size,
+            1,
+            settings,
+        )
+    else:
+        platform = {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}[settings.runtime]
+        encoder = mc.ModelConfig(
+            name=contract.ENCODER_MODEL, platform=platform, max_batch_size=settings.max_batch_size
+        )
+        # The ONNX/TensorRT input and output names are the graph's own; Triton maps by name.
+        encoder.input.append(
+            mc.ModelInput(name="input_features", data_type=mc.TYPE_FP32, dims=list(encoder_inputs[0].dims))
+        )
+        encoder.output.append(
+            mc.ModelOutput(name="encoder_output", data_type=mc.TYPE_FP32, dims=list(encoder_outputs[0].dims))
+        )
+        kind = (
+            mc.ModelInstanceGroup.KIND_GPU
+            if settings.runtime == "tensorrt"
+            else mc.ModelInstanceGroup.KIND_AUTO
+        )
+        encoder.instance_group.append(mc.ModelInstanceGroup(kind=kind, count=1))
+        encoder.dynamic_batching.max_queue_delay_microseconds = settings.max_queue_delay_us
+    decoder = _python_model(
+        contract.DECODER_MODEL,
+        contract.decoder_inputs(manifest.n_audio_ctx, manifest.d_model),
+        contract.decoder_outputs(),
+        threads,
+        settings.max_batch_size,
+        1,
+        settings,
+    )
+    return {
+        contract.FEATURES_MODEL: features,
+        contract.ENCODER_MODEL: encoder,
+        contract.DECODER_MODEL: decoder,
+        contract.ENSEMBLE_MODEL: _ensemble(settings),
+    }
+
+
+def _ensemble(settings: ServingSettings) -> mc.ModelConfig:
+    encoder_in = "input_features" if settings.runtime != "python" else contract.INPUT_FEATURES
+    encoder_out = "encoder_output" if settings.runtime != "python" else contract.ENCODER_OUTPUT
+    config = mc.ModelConfig(name=contract.ENSEMBLE_MODEL, platform="ensemble", max_batch_size=0)
+    config.input.extend(_tensor(mc.ModelInput, spec) for spec in contract.ensemble_inputs())
+    config.output.extend(_tensor(mc.ModelOutput, spec) for spec in contract.ensemble_outputs())
+    steps = [
+        (
+            contract.FEATURES_MODEL,
+            {name: name for name in (contract.AUDIO, contract.AUDIO_BYTES, contract.OPTIONS)},
+            {
+                contract.INPUT_FEATURES: "features",
+                contract.WINDOWS: "windows",
+                contract.DECODE_OPTIONS: "options",
+            },
+        ),
+        (contract.ENCODER_MODEL, {encoder_in: "features"}, {encoder_out: "states"}),
+        (
+            contract.DECODER_MODEL,
+            {
+                contract.ENCODER_OUTPUT: "states",
+                contract.WINDOWS: "windows",
+                contract.DECODE_OPTIONS: "options",
+            },
+            {contract.TEXT: contract.TEXT, contract.SEGMENTS: contract.SEGMENTS},
+        ),
+    ]
+    for model_name, inputs, outputs in steps:
+        step = config.ensemble_scheduling.step.add(model_name=model_name, model_version=-1)
+        step.input_map.update(inputs)
+        step.output_map.update(outputs)
+    return config
+
+
+def write_config(config: mc.ModelConfig, model_dir: Path) -> Path:
+    model_dir.mkdir(parents=True, exist_ok=True)
+    path = model_dir / "config.pbtxt"
+    path.write_text(text_format.MessageToString(config))
+    return path
+
+
+def parse_config(path: str | Path) -> mc.ModelConfig:
+    """Read a config.pbtxt back into a ModelConfig (raises on any unknown field or bad value)."""
+    return text_format.Parse(Path(path).read_text(), mc.ModelConfig())

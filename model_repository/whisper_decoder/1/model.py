@@ -1,0 +1,78 @@
+"""Triton model `whisper_decoder`: greedy/beam search in-process over the ONNX decoder with its KV cache."""
+
+# ruff: noqa: E402 -- the imports after the environment snippet need sys.path set first
+import json
+import pathlib
+import sys
+
+# The Triton Python stub ignores PYTHONPATH: put the server environment (environment.json, written by
+# `python -m build`) first on sys.path, before anything imports numpy.
+_ENVIRONMENT = pathlib.Path(__file__).resolve().parents[2] / "environment.json"
+sys.path[:0] = json.loads(_ENVIRONMENT.read_text())["sys_path"]
+
+from collections import defaultdict
+
+import numpy as np
+import triton_python_backend_utils as pb_utils
+
+from whisper_triton import contract
+from whisper_triton.decoding import decode
+from whisper_triton.manifest import TOKENIZER_FILE, ModelManifest
+from whisper_triton.onnx_runtime import OnnxDecoderBackend
+from whisper_triton.options import DecodingOptions
+from whisper_triton.serving import response_json
+from whisper_triton.tokenizer import TextTokenizer
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        threads = int(config["parameters"]["threads"]["string_value"])
+        directory = pathlib.Path(__file__).parent
+        self.manifest = ModelManifest.load(directory)
+        self.tokenizer = TextTokenizer(directory / TOKENIZER_FILE)
+        self.backend = OnnxDecoderBackend(directory, self.manifest, threads=threads)
+
+    def execute(self, requests):
+        # Requests with the same options are decoded together: all their windows step through the
+        # decoder as one batch, and finished windows leave the batch as they end.
+        groups = defaultdict(list)
+        inputs = []
+        for index, request in enumerate(requests):
+            states = pb_utils.get_input_tensor_by_name(request, contract.ENCODER_OUTPUT).as_numpy()
+            windows = pb_utils.get_input_tensor_by_name(request, contract.WINDOWS).as_numpy()
+            options = (
+                pb_utils.get_input_tensor_by_name(request, contract.DECODE_OPTIONS).as_numpy().reshape(-1)[0]
+            )
+            inputs.append((states.reshape(-1, *states.shape[-2:]), windows.reshape(-1, 2)))
+            groups[options].append(index)
+        responses = [None] * len(requests)
+        for options_json, members in groups.items():
+            try:
+                options = DecodingOptions.from_json(options_json)
+                states = np.concatenate([inputs[i][0] for i in members])
+                windows = np.concatenate([inputs[i][1] for i in members])
+                results = decode(
+                    self.backend,
+                    states,
+                    self.manifest,
+                    options,
+                    self.tokenizer,
+                    windows[:, 1] - windows[:, 0],
+                )
+            except ValueError as exc:
+                for i in members:
+                    responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+                continue
+            start = 0
+            for i in members:
+                count = inputs[i][1].shape[0]
+                text, segments = response_json(results[start : start + count], inputs[i][1])
+                start += count
+                responses[i] = pb_utils.InferenceResponse(
+                    [
+                        pb_utils.Tensor(contract.TEXT, np.array([[text.encode()]], dtype=object)),
+                        pb_utils.Tensor(contract.SEGMENTS, np.array([[segments.encode()]], dtype=object)),
+                    ]
+                )
+        return responses

@@ -1,0 +1,134 @@
+"""The shared decoding loop: options, prompts, logit rules, segments, windows, and ONNX vs PyTorch."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from whisper_triton.decoding import LogitRules, build_prompt, split_segments
+from whisper_triton.options import DecodingOptions, OptionsError
+from whisper_triton.windows import split_windows
+
+
+@pytest.fixture(scope="module")
+def manifest(tiny_en):
+    from whisper_triton.manifest import manifest_from_model
+
+    return manifest_from_model(*tiny_en)
+
+
+@pytest.fixture(scope="module")
+def tokenizer(tiny_en):
+    from training.torch_backend import _HFTokenizer
+
+    return _HFTokenizer(tiny_en[1].tokenizer)
+
+
+def test_options_parse_strictly():
+    assert DecodingOptions.from_json(None) == DecodingOptions()
+    assert DecodingOptions.from_json(b'{"beam_size": 4, "timestamps": true}').beam_size == 4
+    for bad, message in [
+        ('{"beams": 2}', "unknown option"),
+        ('{"timestamps": "false"}', "true or false"),
+        ('{"beam_size": 0}', "beam_size"),
+        ('{"beam_size": 2.5}', "beam_size"),
+        ('{"temperature": 1.5}', "temperature"),
+        ('{"temperature": 0.5, "beam_size": 2}', "beam search"),
+        ("[1, 2]", "JSON object"),
+        ("{not json", "JSON object"),
+    ]:
+        with pytest.raises(OptionsError, match=message):
+            DecodingOptions.from_json(bad)
+
+
+def test_manifest_tokens_come_from_the_tokenizer(manifest, tiny_en):
+    tokenizer = tiny_en[1].tokenizer
+    assert manifest.tokens.sot == tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
+    assert manifest.tokens.timestamp_begin == tokenizer.convert_tokens_to_ids("<|0.00|>")
+    assert manifest.tokens.no_speech == tokenizer.convert_tokens_to_ids("<|nocaptions|>")
+    assert manifest.is_multilingual is False and manifest.tokens.languages == {}
+
+
+def test_english_prompt_has_no_language_or_task_token(manifest, tokenizer):
+    prompt, sot_index = build_prompt(manifest, DecodingOptions(), tokenizer)
+    assert prompt == [manifest.tokens.sot, manifest.tokens.no_timestamps] and sot_index == 0
+    prompt, sot_index = build_prompt(
+        manifest, DecodingOptions(timestamps=True, initial_prompt="Hannah"), tokenizer
+    )
+    assert prompt[0] == manifest.tokens.sot_prev and prompt[sot_index] == manifest.tokens.sot
+    assert prompt[-1] == manifest.tokens.sot  # timestamps on: no <|notimestamps|>
+    with pytest.raises(ValueError, match="English-only"):
+        build_prompt(manifest, DecodingOptions(language="de"), tokenizer)
+
+
+def test_timestamp_rules(manifest):
+    begin = manifest.tokens.timestamp_begin
+    rules = LogitRules(manifest, DecodingOptions(timestamps=True), sample_begin=1)
+    vocab = manifest.n_vocab
+    first = rules.apply(np.zeros((1, vocab), np.float32), np.array([[manifest.tokens.sot]]))
+    allowed = np.flatnonzero(np.isfinite(first[0]))
+    assert allowed.min() == begin and allowed.max() == begin + manifest.max_initial_timestamp_index
+    # After an opening timestamp at 1.00 s, only a later-or-equal timestamp or text may follow...
+    open_ = rules.apply(np.zeros((1, vocab), np.float32), np.array([[manifest.tokens.sot, begin + 50]]))
+    assert np.isneginf(open_[0, begin + 49]) and np.isfinite(open_[0, begin + 50])
+    # ...and after a closed pair, text: no timestamp.
+    pair = rules.apply(
+        np.zeros((1, vocab), np.float32), np.array([[manifest.tokens.sot, begin, 100, begin + 60]])
+    )
+    assert np.all(np.isneginf(pair[0, begin:]))
+
+
+def test_segments_from_timestamp_pairs(manifest, tokenizer):
+    begin = manifest.tokens.timestamp_begin
+    hello, world = tokenizer.encode(" Hello"), tokenizer.encode(" world")
+    tokens = [begin] + hello + [begin + 50, begin + 50] + world + [begin + 100]
+    segments = split_segments(tokens, manifest, tokenizer, duration=3.0)
+    assert [(s.start, s.end, s.text) for s in segments] == [(0.0, 1.0, "Hello"), (1.0, 2.0, "world")]
+    assert [s.text for s in split_segments(hello, manifest, tokenizer, 3.0)] == ["Hello"]
+
+
+def test_windows_cut_long_audio_in_pauses():
+    rate = 16000
+    rng = np.random.default_rng(0)
+    speech = lambda seconds: rng.normal(0, 0.1, int(seconds * rate)).astype(np.float32)  # noqa: E731
+    pause = lambda seconds: np.zeros(int(seconds * rate), np.float32)  # noqa: E731
+    audio = np.concatenate(
+        [speech(12), pause(0.6), speech(14), pause(0.8), speech(10), pause(0.5), speech(9)]
+    )
+    windows = split_windows(audio)
+    assert windows[0][0] == 0 and windows[-1][1] == audio.size
+    assert all(end - start <= 30 * rate for start, end in windows)
+    assert all(a[1] == b[0] for a, b in zip(windows, windows[1:], strict=False))
+    for _, end in windows[:-1]:  # every cut falls inside a pause
+        assert np.all(audio[end - 10 : end + 10] == 0)
+    assert split_windows(audio[: 20 * rate]) == [(0, 20 * rate)]
+    no_pause = speech(70)
+    assert [end - start for start, end in split_windows(no_pause)][:2] == [30 * rate, 30 * rate]
+
+
+@pytest.mark.slow
+def test_onnx_and_pytorch_backends_decode_identically(tmp_path, tiny_en, corpus_audio):
+    """Greedy, beam and timestamps: the in-process ONNX Runtime path equals the PyTorch reference."""
+    from build.onnx_export import export_onnx_models
+    from training.torch_backend import torch_transcriber
+    from whisper_triton.onnx_runtime import OnnxDecoderBackend, OnnxEncoder
+    from whisper_triton.transcriber import Transcriber
+
+    model, processor = tiny_en
+    reference = torch_transcriber(model, processor)
+    exported = export_onnx_models(model, tmp_path)
+    ours = Transcriber(
+        OnnxEncoder(tmp_path),
+        OnnxDecoderBackend(tmp_path, reference.manifest),
+        reference.manifest,
+        reference.tokenizer,
+    )
+    audios = corpus_audio[:6]
+    for options in (DecodingOptions(), DecodingOptions(beam_size=3), DecodingOptions(timestamps=True)):
+        expected = reference.transcribe_batch(audios, options)
+        actual = ours.transcribe_batch(audios, options)
+        assert [t.text for t in actual] == [t.text for t in expected], options
+        assert [[s.to_dict() for s in t.segments] for t in actual] == [
+            [s.to_dict() for s in t.segments] for t in expected
+        ]
+    assert exported.decoder.is_file()

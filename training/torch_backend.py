@@ -1,0 +1,73 @@
+"""The PyTorch reference for the shared decoding loop: transformers' own Whisper forward and KV cache.
+
+``decode()`` run over this backend is what every serving path (ONNX, quantised, Triton) is compared
+with; its greedy transcripts are in turn checked against transformers' ``generate``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from whisper_triton.manifest import manifest_from_model
+from whisper_triton.transcriber import Transcriber
+
+
+class TorchDecoderBackend:
+    def __init__(self, model):
+        self.model = model.eval()
+
+    def cross_attention(self, encoder_output: np.ndarray):
+        return torch.from_numpy(np.ascontiguousarray(encoder_output)).to(self.model.dtype)
+
+    def new_cache(self, batch: int):
+        return None
+
+    @torch.inference_mode()
+    def step(self, tokens: np.ndarray, cache, cross):
+        out = self.model.model.decoder(
+            input_ids=torch.from_numpy(tokens),
+            encoder_hidden_states=cross,
+            past_key_values=cache,
+            use_cache=True,
+        )
+        logits = self.model.proj_out(out.last_hidden_state)
+        return logits.float().numpy(), out.past_key_values
+
+    def select(self, cache, cross, rows: np.ndarray):
+        index = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+        if cache is not None:
+            cache.reorder_cache(index)
+        return cache, cross[index]
+
+
+class TorchEncoder:
+    def __init__(self, model):
+        self.model = model
+
+    @torch.inference_mode()
+    def __call__(self, features: np.ndarray) -> np.ndarray:
+        states = self.model.model.encoder(torch.from_numpy(features).to(self.model.dtype)).last_hidden_state
+        return states.float().numpy()
+
+
+def torch_transcriber(model, processor) -> Transcriber:
+    """A ``Transcriber`` running the shared decoding loop on the PyTorch model."""
+
+    manifest = manifest_from_model(model, processor)
+    return Transcriber(
+        TorchEncoder(model), TorchDecoderBackend(model), manifest, _HFTokenizer(processor.tokenizer)
+    )
+
+
+class _HFTokenizer:
+    """The transformers tokenizer behind the small ``encode``/``decode`` interface of the decoding loop."""
+
+    def __init__(self, tokenizer):
+        self._tokenizer = tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        return self._tokenizer.encode(text, add_special_tokens=False)
+
+    def decode(self, tokens: list[int]) -> str:
+        return self._tokenizer.decode(tokens, skip_special_tokens=False)
