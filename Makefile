@@ -10,7 +10,7 @@ APT_PACKAGES := espeak-ng ffmpeg sox
 CORPUS ?= .cache/demo-corpus
 MODEL_REPOSITORY ?= model_repository
 
-.PHONY: help setup system-deps test lint demo build-repo bench-features serve clean
+.PHONY: help setup system-deps test lint demo build-repo bench bench-features serve clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -46,6 +46,9 @@ demo: ## build tiny.en into model_repository/, start tritonserver, transcribe sa
 
 build-repo: ## python -m build with the defaults (tiny.en, python runtime, fp32) into model_repository/
 	$(PY) -m build --output $(MODEL_REPOSITORY)
+
+bench: ## this server (fp32/int8, concurrency 1/2/4) vs faster-whisper vs transformers: table + JSON
+	$(PY) scripts/bench_serving.py
 
 bench-features: ## log-mel extraction: ours vs transformers' WhisperFeatureExtractor
 	$(PY) scripts/bench_features.py

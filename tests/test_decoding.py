@@ -68,14 +68,21 @@ def test_timestamp_rules(manifest):
     first = rules.apply(np.zeros((1, vocab), np.float32), np.array([[manifest.tokens.sot]]))
     allowed = np.flatnonzero(np.isfinite(first[0]))
     assert allowed.min() == begin and allowed.max() == begin + manifest.max_initial_timestamp_index
-    # After an opening timestamp at 1.00 s, only a later-or-equal timestamp or text may follow...
-    open_ = rules.apply(np.zeros((1, vocab), np.float32), np.array([[manifest.tokens.sot, begin + 50]]))
-    assert np.isneginf(open_[0, begin + 49]) and np.isfinite(open_[0, begin + 50])
-    # ...and after a closed pair, text: no timestamp.
-    pair = rules.apply(
-        np.zeros((1, vocab), np.float32), np.array([[manifest.tokens.sot, begin, 100, begin + 60]])
-    )
-    assert np.all(np.isneginf(pair[0, begin:]))
+    sot, eot = manifest.tokens.sot, manifest.tokens.eot
+
+    def allowed_after(*tokens):
+        logits = rules.apply(np.zeros((1, vocab), np.float32), np.array([[sot, *tokens]]))
+        return np.isfinite(logits[0])
+
+    # "<|0.00|> text <|1.00|>" leaves a pair open: it is closed by a timestamp of 1.00 s or later, never
+    # by text or an earlier time.
+    open_pair = allowed_after(begin, 100, begin + 50)
+    assert not open_pair[:eot].any()
+    assert not open_pair[begin + 49] and open_pair[begin + 50]
+    # A closed pair "<|1.00|><|1.00|>" (or a lone first timestamp) must be followed by text.
+    for tokens in ((begin, 100, begin + 50, begin + 50), (begin + 10,)):
+        closed = allowed_after(*tokens)
+        assert closed[:eot].any() and not closed[begin:].any()
 
 
 def test_segments_from_timestamp_pairs(manifest, tokenizer):

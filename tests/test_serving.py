@@ -123,7 +123,8 @@ def test_long_audio_is_windowed_with_segment_times(grpc_client, corpus_entries, 
     audio, reference_text = concatenate_utterances(corpus_entries)
     assert 120 <= len(audio) / SAMPLE_RATE <= 240
     text, segments = infer(grpc_client, audio.astype(np.float32), {"timestamps": True})
-    short = [infer(grpc_client, clip)[0] for clip in corpus_audio]
+    with ThreadPoolExecutor(4) as pool:  # the same sentences one by one, with the same options
+        short = list(pool.map(lambda clip: infer(grpc_client, clip, {"timestamps": True})[0], corpus_audio))
     long_wer = compute_wer(text, reference_text)
     short_wer = compute_wer(short, [entry["text"] for entry in corpus_entries])
     print(f"long-form WER {long_wer:.2%}, short-utterance WER {short_wer:.2%}, {len(segments)} segments")
@@ -136,6 +137,7 @@ BAD_REQUESTS = {
     "empty audio": (dict(audio=np.zeros(0, np.float32)), "empty"),
     "NaN samples": (dict(audio=np.array([0.1, np.nan, 0.2] * 1000, np.float32)), "NaN"),
     "wrong dtype": (dict(audio=np.zeros(16000, np.float64)), "FP32"),
+    "wrong rank": (dict(audio=np.zeros((2, 8000), np.float32)), "shape"),
     "too long": (dict(audio=np.zeros(int(601 * SAMPLE_RATE), np.float32)), "maximum"),
     "undecodable bytes": (dict(audio_bytes=b"this is not audio at all"), "AUDIO_BYTES"),
     "both inputs": (dict(audio=np.zeros(16000, np.float32), audio_bytes=b"x"), "exactly one"),
@@ -165,3 +167,52 @@ def test_bad_requests_get_clear_errors_while_others_succeed(server, grpc_client,
             bad.result()
         assert all(len(f.result()[0].split()) >= 3 for f in good)
     assert grpc_client.is_server_live() and grpc_client.is_model_ready(contract.ENSEMBLE_MODEL)
+
+
+@pytest.mark.slow
+def test_int8_server_wer_within_half_a_point_of_fp32(
+    grpc_client, corpus_entries, corpus_audio, tmp_path_factory
+):
+    """INT8 (dynamic quantisation of the ONNX graphs) served by Triton: WER within 0.5 absolute of fp32."""
+    import tritonclient.grpc as grpcclient
+
+    from build.repository import build_model_repository
+    from build.server import TritonServer
+    from training.metrics import compute_wer
+
+    repository = tmp_path_factory.mktemp("int8-repository")
+    result = build_model_repository("tiny.en", repository, precision="int8")
+    assert result.report.wer_vs_reference <= 0.10
+    truth = [entry["text"] for entry in corpus_entries]
+    with ThreadPoolExecutor(4) as pool:
+        fp32 = list(pool.map(lambda audio: infer(grpc_client, audio)[0], corpus_audio))
+    with TritonServer(repository) as int8_server:
+        client = grpcclient.InferenceServerClient(int8_server.url_grpc)
+        with ThreadPoolExecutor(4) as pool:
+            int8 = list(pool.map(lambda audio: infer(client, audio)[0], corpus_audio))
+    wer_fp32, wer_int8 = compute_wer(fp32, truth), compute_wer(int8, truth)
+    print(f"WER fp32 {wer_fp32:.2%}, int8 {wer_int8:.2%}")
+    assert abs(wer_int8 - wer_fp32) <= 0.005
+
+
+def test_generated_configs_match_the_contract(server):
+    """Every config.pbtxt parses as Triton's ModelConfig and declares exactly the contract's tensors."""
+    from build.triton_config import parse_config
+
+    def names(tensors):
+        return {(t.name, tuple(t.dims)) for t in tensors}
+
+    ensemble = parse_config(REPOSITORY / contract.ENSEMBLE_MODEL / "config.pbtxt")
+    assert names(ensemble.input) == {(s.name, s.dims) for s in contract.ensemble_inputs()}
+    assert names(ensemble.output) == {(s.name, s.dims) for s in contract.ensemble_outputs()}
+    assert all(t.optional for t in ensemble.input)
+    decoder = parse_config(REPOSITORY / contract.DECODER_MODEL / "config.pbtxt")
+    assert decoder.max_batch_size > 0 and decoder.HasField("dynamic_batching")
+    assert {t.name for t in decoder.output} == {contract.TEXT, contract.SEGMENTS}
+    steps = [step.model_name for step in ensemble.ensemble_scheduling.step]
+    assert steps == [contract.FEATURES_MODEL, contract.ENCODER_MODEL, contract.DECODER_MODEL]
+    # The running server loaded the same configs.
+    import tritonclient.grpc as grpcclient
+
+    live = grpcclient.InferenceServerClient(server.url_grpc).get_model_config(contract.DECODER_MODEL).config
+    assert live.max_batch_size == decoder.max_batch_size

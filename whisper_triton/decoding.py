@@ -34,8 +34,12 @@ class DecoderBackend(Protocol):
     def step(self, tokens: np.ndarray, cache: Any, cross: Any) -> tuple[np.ndarray, Any]:
         """Logits ``[B, T, vocab]`` (float32) for new ``tokens`` ``[B, T]`` (int64), and the grown cache."""
 
-    def select(self, cache: Any, cross: Any, rows: np.ndarray) -> tuple[Any, Any]:
-        """Cache and cross state keeping ``rows`` (in that order; rows may repeat)."""
+    def select(self, cache: Any, cross: Any, rows: np.ndarray, same_windows: bool = False) -> tuple[Any, Any]:
+        """Cache and cross state keeping ``rows`` (in that order; rows may repeat).
+
+        ``same_windows``: every row keeps the window it had (a beam reorder), so the cross state, which
+        is identical for all rows of a window, needs no copy: only the self-attention cache moves.
+        """
 
 
 class Tokenizer(Protocol):
@@ -254,10 +258,11 @@ def _beam(backend, cross, prompt, sot_index, count, max_length, rules, manifest,
             for row in rows:
                 if not np.isfinite(scores[row]):
                     continue
-                top = np.argsort(logprobs[row])[::-1][: beams + 1]
+                top = np.argpartition(-logprobs[row], beams + 1)[: beams + 1]  # O(vocab), no full sort
+                prefix = tuple(int(t) for t in tokens[row, len(prompt) :])
                 for token in top:
                     score = scores[row] + logprobs[row, token]
-                    key = tuple(tokens[row, len(prompt) :]) + (int(token),)
+                    key = prefix + (int(token),)
                     if np.isfinite(score) and (key not in candidates or candidates[key][0] < score):
                         candidates[key] = (score, row)
             kept = 0
@@ -286,7 +291,7 @@ def _beam(backend, cross, prompt, sot_index, count, max_length, rules, manifest,
         scores = np.asarray(next_scores)
         if done.all() or tokens.shape[1] >= max_length:
             break
-        cache, cross = backend.select(cache, cross, sources_array)
+        cache, cross = backend.select(cache, cross, sources_array, same_windows=True)
         step_logits, cache = backend.step(tokens[:, -1:], cache, cross)
         logits = step_logits[:, -1].astype(np.float32)
     results, sums = [], np.zeros(count)

@@ -76,5 +76,6 @@ class OnnxDecoderBackend:
         )
         return logits, (keys, values)
 
-    def select(self, cache, cross, rows: np.ndarray):
-        return (cache[0][:, rows], cache[1][:, rows]), (cross[0][:, rows], cross[1][:, rows])
+    def select(self, cache, cross, rows: np.ndarray, same_windows: bool = False):
+        cache = (cache[0][:, rows], cache[1][:, rows])
+        return cache, cross if same_windows else (cross[0][:, rows], cross[1][:, rows])

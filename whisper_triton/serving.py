@@ -14,7 +14,7 @@ from whisper_triton.audio import AudioError, load_audio
 from whisper_triton.constants import SAMPLE_RATE
 from whisper_triton.decoding import WindowResult
 from whisper_triton.options import DecodingOptions, OptionsError
-from whisper_triton.transcriber import assemble, window_features
+from whisper_triton.transcriber import assemble, long_form_options, window_features
 
 
 class RequestError(ValueError):
@@ -68,7 +68,7 @@ def request_options(options: np.ndarray | None) -> DecodingOptions:
 def prepare(audio, audio_bytes, options, max_seconds: float, n_mels: int):
     """Validated features ``[windows, n_mels, 3000]``, windows ``[windows, 2]`` (s) and options JSON."""
     pcm = request_audio(audio, audio_bytes, max_seconds)
-    decoding = request_options(options)
+    decoding = long_form_options(request_options(options), len(pcm))
     features, windows = window_features(pcm, n_mels)
     return features, windows, decoding.to_json()
 

@@ -6,12 +6,13 @@ class runs them in-process for the build's verification, the benchmarks and the 
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
-from whisper_triton.constants import SAMPLE_RATE
+from whisper_triton.constants import N_SAMPLES, SAMPLE_RATE
 from whisper_triton.decoding import DecoderBackend, Segment, decode
 from whisper_triton.features import transcription_features
 from whisper_triton.manifest import ModelManifest
@@ -23,6 +24,15 @@ from whisper_triton.windows import split_windows
 class Transcript:
     text: str
     segments: list[Segment]
+
+
+def long_form_options(options: DecodingOptions, samples: int) -> DecodingOptions:
+    """Audio longer than one window is decoded with timestamp tokens, as openai/whisper's transcribe does.
+
+    Windows packed with speech lose fewer words with timestamps (on our 2.4-minute test: 7.6% WER with,
+    12.5% without); the text is the same join of segments either way, and segments come back timed.
+    """
+    return dataclasses.replace(options, timestamps=True) if samples > N_SAMPLES else options
 
 
 def window_features(audio: np.ndarray, n_mels: int) -> tuple[np.ndarray, np.ndarray]:
@@ -52,7 +62,7 @@ class Transcriber:
         self.encoder, self.backend, self.manifest, self.tokenizer = encoder, backend, manifest, tokenizer
 
     def transcribe(self, audio: np.ndarray, options: DecodingOptions | None = None) -> Transcript:
-        options = options or DecodingOptions()
+        options = long_form_options(options or DecodingOptions(), len(audio))
         features, windows = window_features(audio, self.manifest.n_mels)
         results = decode(
             self.backend,

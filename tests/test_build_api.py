@@ -1,0 +1,99 @@
+"""The seed's optimisation API, and the config generation for the other runtimes, on this CPU machine."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from build import api
+from build.tensorrt import TensorRTUnavailable, tensorrt_available
+
+
+def test_dynamic_quantization_keeps_transcripts_close(tiny_en, corpus_audio):
+    from training.metrics import compute_wer
+    from training.transcribe import transcribe_audio
+
+    model, processor = tiny_en
+    quantized = api.apply_dynamic_quantization(model)
+    linear_types = {type(m).__name__ for m in quantized.modules() if "Linear" in type(m).__name__}
+    assert any("Dynamic" in name or "Quantized" in name for name in linear_types) or "Linear" in str(
+        linear_types
+    )
+    assert isinstance(model.model.decoder.layers[0].fc1, torch.nn.Linear)  # the original is untouched
+    float_text = transcribe_audio(model, processor, corpus_audio[:4])
+    int8_text = transcribe_audio(quantized, processor, corpus_audio[:4])
+    assert compute_wer(int8_text, float_text) < 0.2
+
+
+def test_pruning_reaches_the_requested_sparsity(tiny_en):
+    from training.modeling import create_whisper_model_and_processor
+
+    model, _ = create_whisper_model_and_processor("tiny.en")
+    embedding = model.model.decoder.embed_tokens.weight.detach().clone()
+    pruned, sparsity = api.apply_pruning(model, "l1_unstructured", amount=0.3)
+    assert sparsity == pytest.approx(0.3, abs=0.01)
+    fc1 = pruned.model.encoder.layers[0].fc1.weight
+    assert float((fc1 == 0).float().mean()) == pytest.approx(0.3, abs=0.01)
+    assert torch.equal(pruned.model.decoder.embed_tokens.weight, embedding)  # tied output layer left alone
+    with pytest.raises(ValueError, match="pruning_method"):
+        api.apply_pruning(model, "magic")
+    with pytest.raises(ValueError, match="amount"):
+        api.apply_pruning(model, amount=1.5)
+
+
+def test_export_optimize_and_benchmark(tmp_path, tiny_en):
+    model, _ = tiny_en
+    with pytest.raises(ValueError, match="does not fit"):
+        api.export_to_onnx(model, tmp_path / "bad", input_shape=(1, 128, 3000))
+    exported = api.export_to_onnx(model, tmp_path / "onnx", input_shape=(1, 80, 3000))
+    optimized = api.optimize_onnx_model(exported.encoder, tmp_path / "encoder.opt.onnx")
+    features = np.random.default_rng(0).standard_normal((1, 1, 80, 3000)).astype(np.float32)
+    from whisper_triton.onnx_runtime import session
+
+    original = session(exported.encoder).run(None, {"input_features": features})[0]
+    fused = session(optimized).run(None, {"input_features": features})[0]
+    np.testing.assert_allclose(fused, original, atol=1e-4)
+    torch_result = api.benchmark_model(model, (1, 80, 3000), num_runs=2, warmup=1)
+    onnx_result = api.benchmark_onnx_model(optimized, (1, 80, 3000), num_runs=2, warmup=1)
+    for result in (torch_result, onnx_result):
+        assert result["latency_ms"] > 0 and result["runs"] == 2 and result["p90_ms"] >= result["p50_ms"]
+
+
+def test_tensorrt_needs_a_gpu(tmp_path):
+    available, reason = tensorrt_available()
+    if available:
+        pytest.skip("TensorRT is available here: the engine build is exercised by the GPU checks")
+    assert reason
+    with pytest.raises(TensorRTUnavailable, match="cannot build"):
+        api.create_tensorrt_engine(tmp_path / "encoder.onnx", tmp_path / "encoder.plan")
+    with pytest.raises(TensorRTUnavailable):
+        api.benchmark_tensorrt_engine(tmp_path / "encoder.plan")
+
+
+@pytest.mark.parametrize("runtime", ["onnxruntime", "tensorrt"])
+def test_configs_for_the_official_container_runtimes(tiny_en, runtime):
+    from google.protobuf import text_format
+    from tritonclient.grpc import model_config_pb2
+
+    from build.triton_config import ServingSettings, model_configs
+    from whisper_triton import contract
+    from whisper_triton.manifest import manifest_from_model
+
+    configs = model_configs(manifest_from_model(*tiny_en), ServingSettings(runtime=runtime))
+    encoder = configs[contract.ENCODER_MODEL]
+    assert encoder.platform == {"onnxruntime": "onnxruntime_onnx", "tensorrt": "tensorrt_plan"}[runtime]
+    assert [tuple(t.dims) for t in encoder.input] == [(-1, 80, 3000)]
+    for config in configs.values():  # round trip through the text format Triton reads
+        text = text_format.MessageToString(config)
+        assert text_format.Parse(text, model_config_pb2.ModelConfig()) == config
+    step = configs[contract.ENSEMBLE_MODEL].ensemble_scheduling.step[1]
+    assert dict(step.input_map) == {"input_features": "features"}
+
+
+def test_tensorrt_build_is_refused_for_int8():
+    from build.repository import build_model_repository
+    from build.triton_config import ServingSettings
+
+    with pytest.raises(ValueError, match="FP16"):
+        build_model_repository("tiny.en", "/nonexistent", "int8", ServingSettings(runtime="tensorrt"))
