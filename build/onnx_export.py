@@ -1,9 +1,9 @@
 """Export a transformers Whisper model to three ONNX graphs that serve with a KV cache.
 
 - ``encoder.onnx``: log-mel ``[B, windows, n_mels, 3000]`` -> encoder states ``[B, windows, 1500, d_model]``.
-- ``cross_kv.onnx``: encoder states -> every decoder layer's cross-attention keys and values,
-  ``[layers, B, 1500, d_model]`` each. Computed once per 30-second window, never per token.
-- ``decoder.onnx``: tokens ``[B, T]`` plus the self-attention cache ``[layers, B, P, d_model]`` (P = 0 on
+- ``cross_kv.onnx``: encoder states -> every decoder layer's cross-attention keys and values, split
+  into heads. Computed once per 30-second window, never per token.
+- ``decoder.onnx``: tokens ``[B, T]`` plus the self-attention cache ``[layers, B, heads, P, head_dim]`` (P = 0 on
   the first step, when T is the prompt length; T = 1 afterwards) and the cross K/V -> logits
   ``[B, T, vocab]`` and the cache grown to P + T.
 
@@ -44,20 +44,36 @@ class EncoderGraph(nn.Module):
 
 
 class CrossKVGraph(nn.Module):
-    """Project encoder states into each decoder layer's cross-attention keys and values."""
+    """Project encoder states into each decoder layer's cross-attention keys and values, split into heads.
+
+    Keys come out transposed (``[layers, B, heads, head_dim, 1500]``) and values as
+    ``[layers, B, heads, 1500, head_dim]``: the layouts the decoder's two matmuls read directly, so no
+    decoder step copies or transposes the 1500-position tensors again.
+    """
 
     def __init__(self, model):
         super().__init__()
         self.layers = model.model.decoder.layers
+        self.num_heads = model.config.decoder_attention_heads
 
     def forward(self, encoder_output: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        keys = [layer.encoder_attn.k_proj(encoder_output) for layer in self.layers]
-        values = [layer.encoder_attn.v_proj(encoder_output) for layer in self.layers]
+        batch, positions, width = encoder_output.shape
+        shape = (batch, positions, self.num_heads, width // self.num_heads)
+        keys = [
+            layer.encoder_attn.k_proj(encoder_output).reshape(shape).permute(0, 2, 3, 1)
+            for layer in self.layers
+        ]
+        values = [
+            layer.encoder_attn.v_proj(encoder_output).reshape(shape).transpose(1, 2) for layer in self.layers
+        ]
         return torch.stack(keys), torch.stack(values)
 
 
 class DecoderStepGraph(nn.Module):
-    """One decoder call over new tokens, attending to the cached keys/values of earlier ones."""
+    """One decoder call over new tokens, attending to the cached keys/values of earlier ones.
+
+    The self-attention cache is ``[layers, B, heads, past, head_dim]`` for keys and values alike.
+    """
 
     def __init__(self, model):
         super().__init__()
@@ -68,19 +84,16 @@ class DecoderStepGraph(nn.Module):
         self.layer_norm = decoder.layer_norm
         self.num_heads = model.config.decoder_attention_heads
         self.head_dim = model.config.d_model // self.num_heads
+        self.scale = self.head_dim**-0.5
 
     def _heads(self, x: torch.Tensor) -> torch.Tensor:  # [B, T, d] -> [B, heads, T, head_dim]
         return x.reshape(x.shape[0], x.shape[1], self.num_heads, self.head_dim).transpose(1, 2)
 
-    def _attend(self, q, k, v, mask):
-        scores = torch.matmul(self._heads(q), self._heads(k).transpose(-1, -2)) * (self.head_dim**-0.5)
-        if mask is not None:
-            scores = scores + mask
-        out = torch.matmul(torch.softmax(scores, dim=-1), self._heads(v))
-        return out.transpose(1, 2).reshape(q.shape)
+    def _merge(self, x: torch.Tensor) -> torch.Tensor:  # [B, heads, T, head_dim] -> [B, T, d]
+        return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], self.num_heads * self.head_dim)
 
     def forward(self, tokens, self_k, self_v, cross_k, cross_v):
-        past = self_k.shape[2]
+        past = self_k.shape[3]
         steps = tokens.shape[1]
         positions = torch.arange(steps, device=tokens.device) + past
         x = self.embed_tokens(tokens) + self.embed_positions.weight[positions]
@@ -90,15 +103,17 @@ class DecoderStepGraph(nn.Module):
         new_k, new_v = [], []
         for i, layer in enumerate(self.layers):
             h = layer.self_attn_layer_norm(x)
-            k = torch.cat([self_k[i], layer.self_attn.k_proj(h)], dim=1)
-            v = torch.cat([self_v[i], layer.self_attn.v_proj(h)], dim=1)
+            q = self._heads(layer.self_attn.q_proj(h)) * self.scale
+            k = torch.cat([self_k[i], self._heads(layer.self_attn.k_proj(h))], dim=2)
+            v = torch.cat([self_v[i], self._heads(layer.self_attn.v_proj(h))], dim=2)
             new_k.append(k)
             new_v.append(v)
-            x = x + layer.self_attn.out_proj(self._attend(layer.self_attn.q_proj(h), k, v, mask))
+            weights = torch.softmax(torch.matmul(q, k.transpose(-1, -2)) + mask, dim=-1)
+            x = x + layer.self_attn.out_proj(self._merge(torch.matmul(weights, v)))
             h = layer.encoder_attn_layer_norm(x)
-            x = x + layer.encoder_attn.out_proj(
-                self._attend(layer.encoder_attn.q_proj(h), cross_k[i], cross_v[i], None)
-            )
+            q = self._heads(layer.encoder_attn.q_proj(h)) * self.scale
+            weights = torch.softmax(torch.matmul(q, cross_k[i]), dim=-1)
+            x = x + layer.encoder_attn.out_proj(self._merge(torch.matmul(weights, cross_v[i])))
             h = layer.final_layer_norm(x)
             x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
         logits = torch.matmul(self.layer_norm(x), self.embed_tokens.weight.T)
@@ -123,10 +138,11 @@ def export_onnx_models(model, output_dir: str | Path, opset: int = OPSET) -> Exp
     config = model.config
     batch, prompt = 2, 3
     features = torch.zeros(batch, 2, config.num_mel_bins, 2 * config.max_source_positions)
-    layers, d_model = config.decoder_layers, config.d_model
+    layers, d_model, heads = config.decoder_layers, config.d_model, config.decoder_attention_heads
     encoder_states = torch.zeros(batch, config.max_source_positions, d_model)
-    cache = torch.zeros(layers, batch, 0, d_model)
-    cross = torch.zeros(layers, batch, config.max_source_positions, d_model)
+    cache = torch.zeros(layers, batch, heads, 0, d_model // heads)
+    cross_k = torch.zeros(layers, batch, heads, d_model // heads, config.max_source_positions)
+    cross_v = torch.zeros(layers, batch, heads, config.max_source_positions, d_model // heads)
     tokens = torch.zeros(batch, prompt, dtype=torch.int64)
 
     paths = ExportedModel(
@@ -153,19 +169,19 @@ def export_onnx_models(model, output_dir: str | Path, opset: int = OPSET) -> Exp
         )
         _export(
             DecoderStepGraph(model),
-            (tokens, cache, cache, cross, cross),
+            (tokens, cache, cache, cross_k, cross_v),
             paths.decoder,
             ["tokens", "self_k", "self_v", "cross_k", "cross_v"],
             ["logits", "new_self_k", "new_self_v"],
             {
                 "tokens": {0: "batch", 1: "steps"},
-                "self_k": {1: "batch", 2: "past"},
-                "self_v": {1: "batch", 2: "past"},
+                "self_k": {1: "batch", 3: "past"},
+                "self_v": {1: "batch", 3: "past"},
                 "cross_k": {1: "batch"},
                 "cross_v": {1: "batch"},
                 "logits": {0: "batch", 1: "steps"},
-                "new_self_k": {1: "batch", 2: "total"},
-                "new_self_v": {1: "batch", 2: "total"},
+                "new_self_k": {1: "batch", 3: "total"},
+                "new_self_v": {1: "batch", 3: "total"},
             },
             opset,
         )

@@ -45,7 +45,7 @@ class OnnxEncoder:
 
 
 class OnnxDecoderBackend:
-    """``DecoderBackend`` over cross_kv.onnx and decoder.onnx; caches are numpy ``[layers, B, T, d]``."""
+    """``DecoderBackend`` over cross_kv.onnx and decoder.onnx; every cache and cross tensor has batch on axis 1."""
 
     def __init__(self, directory: str | Path, manifest: ModelManifest, threads: int | None = None):
         directory = Path(directory)
@@ -60,7 +60,10 @@ class OnnxDecoderBackend:
         return keys, values
 
     def new_cache(self, batch: int):
-        empty = np.zeros((self.manifest.decoder_layers, batch, 0, self.manifest.d_model), np.float32)
+        heads = self.manifest.decoder_heads
+        empty = np.zeros(
+            (self.manifest.decoder_layers, batch, heads, 0, self.manifest.d_model // heads), np.float32
+        )
         return empty, empty
 
     def step(self, tokens: np.ndarray, cache, cross):
