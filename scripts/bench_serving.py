@@ -48,8 +48,6 @@ def summarize(name, texts, latencies, wall, audio_seconds, references, peak_mb):
 
 def run_in_process(engine: str, size: int) -> dict:
     """One in-process engine (called in a fresh subprocess): faster-whisper or transformers."""
-    import resource
-
     entries, audios = corpus(size)
     references = [e["text"] for e in entries]
     texts, latencies = [], []
@@ -94,8 +92,18 @@ def run_in_process(engine: str, size: int) -> dict:
             texts += transcribe_audio(model, processor, audios[start : start + batch], batch_size=batch)
             latencies += [time.perf_counter() - t0] * len(audios[start : start + batch])
     wall = time.perf_counter() - started
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return summarize(engine, texts, latencies, wall, sum(len(a) for a in audios) / 16000, references, peak)
+    return summarize(
+        engine, texts, latencies, wall, sum(len(a) for a in audios) / 16000, references, _peak_rss_mb()
+    )
+
+
+def _peak_rss_mb() -> float:
+    """This process's peak resident memory. VmHWM, not getrusage: ru_maxrss survives exec, so a child
+    started from this (large) script would report the parent's peak."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
 
 
 def run_server(precision: str, concurrencies, size: int) -> list[dict]:
