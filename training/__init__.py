@@ -25,6 +25,16 @@ _EXPORTS = {
     "compute_detailed_wer_metrics": "training.metrics",
     "evaluate_model": "training.metrics",
     "create_evaluation_report": "training.metrics",
+    "SpeechTrainingArguments": "training.arguments",
+    "TrainingArgumentsError": "training.arguments",
+    "SpeechTrainer": "training.trainer",
+    "DataConfig": "training.data",
+    "AugmentationConfig": "training.data",
+    "DataError": "training.data",
+    "SpeechDataset": "training.data",
+    "load_speech_dataset": "training.data",
+    "create_librispeech_dataloaders": "training.data",
+    "create_data_collator": "training.data",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -34,8 +34,11 @@ class TorchDecoderBackend:
         logits = self.model.proj_out(out.last_hidden_state)
         return logits.float().numpy(), out.past_key_values
 
-    def select(self, cache, cross, rows: np.ndarray):
+    def select(self, cache, cross, rows: np.ndarray, same_windows: bool = False):
         index = torch.from_numpy(np.asarray(rows, dtype=np.int64))
+        if same_windows:  # cross-attention keys/values are the same for every row of a window
+            cache.self_attention_cache.reorder_cache(index)
+            return cache, cross
         if cache is not None:
             cache.reorder_cache(index)
         return cache, cross[index]

@@ -1,0 +1,177 @@
+"""``python -m training``: help, configuration merging, and a small train + evaluate run in subprocesses."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import CORPUS_DIR, REPO_ROOT
+from training.arguments import SpeechTrainingArguments
+from training.cli import FLAG_NAMES, NO_FLAG, SECTION_CLASSES, main
+
+TINY_ARCHITECTURE = {
+    "model_size": "tiny.en",
+    "num_encoder_layers": 1,
+    "num_decoder_layers": 1,
+    "d_model": 64,
+    "encoder_attention_heads": 2,
+    "decoder_attention_heads": 2,
+}
+
+
+def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "training", *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def _config(tmp_path, **training) -> dict:
+    (tmp_path / "architecture.json").write_text(json.dumps(TINY_ARCHITECTURE))
+    return {
+        "model": {"name_or_path": "tiny.en", "custom_config": str(tmp_path / "architecture.json")},
+        "data": {
+            "train_split": str(CORPUS_DIR),
+            "eval_split": str(CORPUS_DIR),
+            "max_train_samples": 4,
+            "max_eval_samples": 2,
+        },
+        "training": {
+            "output_dir": str(tmp_path / "run"),
+            "max_steps": 2,
+            "per_device_train_batch_size": 2,
+            "learning_rate": 1e-3,
+            "eval_steps": 2,
+            "save_steps": 2,
+            "logging_steps": 1,
+            "generation_max_length": 10,
+            "report_to": ["none"],
+            **training,
+        },
+    }
+
+
+@pytest.mark.slow
+def test_help_explains_every_option():
+    top = _run("--help")
+    assert top.returncode == 0 and "train" in top.stdout and "evaluate" in top.stdout
+    train = _run("train", "--help")
+    assert train.returncode == 0, train.stderr
+    text = " ".join(train.stdout.split())  # argparse wraps lines
+    for section, cls in SECTION_CLASSES:
+        for field in dataclasses.fields(cls):
+            if (section, field.name) in NO_FLAG:
+                continue
+            flag = FLAG_NAMES.get((section, field.name), "--" + field.name.replace("_", "-"))
+            help_text = " ".join(field.metadata["help"].split())
+            assert flag in text, flag
+            assert help_text[:40] in text, f"{flag}: no help"
+    evaluate = _run("evaluate", "--help")
+    assert evaluate.returncode == 0
+    for flag in ("--model", "--data", "--output", "--beam-size", "--limit", "--max-new-tokens"):
+        assert flag in evaluate.stdout
+
+
+def test_flags_override_the_config_file(tmp_path, capsys):
+    (tmp_path / "train.json").write_text(json.dumps(_config(tmp_path)))
+    code = main(
+        [
+            "--config",
+            str(tmp_path / "train.json"),
+            "--learning-rate",
+            "3e-5",
+            "--save-total-limit",
+            "none",
+            "--augment",
+            "--enhanced",
+            "--print-config",
+        ]
+    )
+    assert code == 0
+    sections = json.loads(capsys.readouterr().out)
+    assert sections["training"]["learning_rate"] == 3e-5  # the flag wins
+    assert sections["training"]["max_steps"] == 2  # the file's value stays
+    assert sections["training"]["save_total_limit"] is None
+    assert sections["training"]["per_device_eval_batch_size"] == 8  # the default fills the rest
+    assert sections["model"]["use_enhanced_model"] is True
+    assert sections["data"]["augment"]["probability"] == 0.5
+    assert sections["data"]["train_split"] == str(CORPUS_DIR)
+    SpeechTrainingArguments.from_dict(sections["training"])  # what is printed is a valid config again
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"training": {"learning_rat": 1}}, r"\[training\]: unknown field\(s\) \['learning_rat'\]"),
+        ({"data": {"max_duration": 10}}, r"\[data\]: unknown field\(s\) \['max_duration'\]"),
+        ({"trainer": {}}, r"unknown section\(s\) \['trainer'\]"),
+        ({"training": {"output_dir": None}}, "output_dir must be a non-empty path"),
+    ],
+)
+def test_config_mistakes_are_reported(tmp_path, capsys, change, message):
+    config = _config(tmp_path)
+    for section, values in change.items():
+        config.setdefault(section, {}).update(values)
+    (tmp_path / "train.json").write_text(json.dumps(config))
+    assert main(["train", "--config", str(tmp_path / "train.json"), "--print-config"]) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_missing_output_dir_is_reported(capsys):
+    assert main(["train", "--train-split", str(CORPUS_DIR)]) == 2
+    assert "give --output-dir" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_train_then_evaluate_through_python_m_training(tmp_path):
+    (tmp_path / "train.json").write_text(json.dumps(_config(tmp_path)))
+    trained = _run("--config", str(tmp_path / "train.json"), "--disable-tqdm")
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    run = tmp_path / "run"
+    metrics = json.loads((run / "all_results.json").read_text())
+    assert metrics["global_step"] == 2 and 0 <= metrics["eval_cer"]
+    assert '"eval_wer"' in trained.stdout  # the metrics are printed too
+    for folder in (run, run / "checkpoint-2"):  # what `python -m build --model` reads
+        assert {"model.safetensors", "config.json", "tokenizer.json", "processor_config.json"} <= {
+            p.name for p in folder.iterdir()
+        }
+    assert json.loads((run / "train_config.json").read_text())["training"]["max_steps"] == 2
+
+    again = _run("--config", str(tmp_path / "train.json"), "--disable-tqdm")
+    assert again.returncode == 2 and "pass --resume" in again.stderr  # never silently mixes two runs
+
+    report = tmp_path / "report"
+    evaluated = _run(
+        "evaluate",
+        "--model",
+        str(run),
+        "--data",
+        str(CORPUS_DIR),
+        "--limit",
+        "2",
+        "--max-new-tokens",
+        "5",
+        "--output",
+        str(report),
+    )
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "WER" in evaluated.stdout
+    assert {p.name for p in report.iterdir()} >= {
+        "report.md",
+        "metrics.json",
+        "per_utterance.csv",
+        "wer_by_length.png",
+    }
+    assert json.loads((report / "metrics.json").read_text())["num_utterances"] == 2
+    assert "WER" in (report / "report.md").read_text()

@@ -1,0 +1,600 @@
+"""Speech data for fine-tuning: utterance lists, a Dataset that loads and augments audio, the collator.
+
+Where a split comes from (``load_speech_dataset``), first match wins:
+
+1. ``split`` is itself a path: a folder in LibriSpeech layout (``speaker/chapter/*.flac`` with
+   ``speaker-chapter.trans.txt``), or a JSONL / CSV manifest of (audio path, text).
+2. ``DataConfig.data_dir/<split>`` (or ``data_dir/LibriSpeech/<split>``, as the openslr tarballs unpack)
+   exists: the same readers.
+3. ``split`` is a LibriSpeech split name (``train-clean-100``, ``dev-clean``, ...): the Hugging Face hub
+   dataset ``openslr/librispeech_asr``, unless ``HF_HUB_OFFLINE`` is set.
+
+A folder holding ``manifest.jsonl`` (as ``whisper_triton.corpus`` writes) is read through the manifest,
+whose text keeps its case and punctuation; LibriSpeech's own transcripts are upper case without
+punctuation (``DataConfig.lowercase`` lower-cases them).
+
+Whisper sees one 30-second window, so longer utterances are dropped (their transcript would not match
+the audio the encoder sees) and label sequences are cut to the decoder's 448 positions; both are logged
+as warnings with counts. Missing audio files and empty transcripts are errors that name file and line.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import logging
+import os
+import socket
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import soundfile as sf
+import torch
+
+from training.arguments import documented
+from training.model_config import MAX_TARGET_POSITIONS
+from whisper_triton.audio import AudioError, load_audio
+from whisper_triton.constants import CHUNK_LENGTH, SAMPLE_RATE
+from whisper_triton.features import transcription_features
+
+logger = logging.getLogger(__name__)
+
+LIBRISPEECH_HUB_ID = "openslr/librispeech_asr"  # the canonical id; "librispeech_asr" redirects to it
+# LibriSpeech split names (the openslr folder names) -> (hub config, hub split).
+LIBRISPEECH_SPLITS = {
+    "train-clean-100": ("clean", "train.100"),
+    "train-clean-360": ("clean", "train.360"),
+    "train-other-500": ("other", "train.500"),
+    "dev-clean": ("clean", "validation"),
+    "dev-other": ("other", "validation"),
+    "test-clean": ("clean", "test"),
+    "test-other": ("other", "test"),
+}
+AUDIO_EXTENSIONS = (
+    ".flac",
+    ".wav",
+    ".mp3",
+    ".ogg",
+    ".opus",
+    ".m4a",
+)  # tried in this order next to a transcript
+MANIFEST_NAME = "manifest.jsonl"
+# Column names accepted in manifests: ours / NeMo ("audio_filepath"), common CSV exports, Common Voice.
+PATH_KEYS = ("audio_filepath", "path", "audio", "file", "filename")
+TEXT_KEYS = ("text", "transcript", "transcription", "sentence")
+
+
+class DataError(ValueError):
+    """Unusable training or evaluation data; the message names the file (and line) at fault."""
+
+
+@dataclass(frozen=True)
+class Utterance:
+    """One (audio file, transcript) pair."""
+
+    id: str
+    audio_filepath: str
+    text: str
+    duration: float | None = None  # seconds; None until measured
+
+
+@dataclass(frozen=True)
+class AugmentationConfig:
+    """On-the-fly waveform augmentation of training utterances (``training.augmentation.augment_audio``).
+
+    Each time an utterance is read it is augmented with ``probability``; then every enabled transform is
+    applied with a parameter drawn uniformly from its range. None disables a transform.
+    """
+
+    probability: float = 0.5  # share of reads that are augmented; the rest see the clean audio
+    time_stretch: tuple[float, float] | None = (0.9, 1.1)  # speed factor (>1 is faster)
+    pitch_shift: tuple[float, float] | None = (-2.0, 2.0)  # semitones
+    noise_level: tuple[float, float] | None = (0.001, 0.01)  # RMS of added white noise, full-scale units
+
+    def __post_init__(self):
+        if not 0.0 <= self.probability <= 1.0:
+            raise DataError(f"augment.probability must be in [0, 1], got {self.probability!r}")
+        for name in ("time_stretch", "pitch_shift", "noise_level"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if len(value) != 2 or not value[0] <= value[1]:
+                raise DataError(f"augment.{name} must be a [low, high] range or null, got {value!r}")
+            object.__setattr__(self, name, (float(value[0]), float(value[1])))
+        if self.time_stretch is not None and self.time_stretch[0] <= 0:
+            raise DataError(f"augment.time_stretch factors must be > 0, got {self.time_stretch}")
+        if self.noise_level is not None and self.noise_level[0] < 0:
+            raise DataError(f"augment.noise_level must be >= 0, got {self.noise_level}")
+
+    def sample(self, rng: np.random.Generator, num_samples: int, max_samples: int) -> dict[str, Any] | None:
+        """``augment_audio`` keyword arguments for one read, or None to leave the audio as it is."""
+        if rng.random() >= self.probability:
+            return None
+        kwargs: dict[str, Any] = {}
+        if self.time_stretch is not None:
+            factor = rng.uniform(*self.time_stretch)
+            if num_samples / factor <= max_samples:  # slowing down must not push speech past the window
+                kwargs["time_stretch_factor"] = factor
+        if self.pitch_shift is not None:
+            kwargs["pitch_shift_steps"] = rng.uniform(*self.pitch_shift)
+        if self.noise_level is not None:
+            kwargs.update(add_noise=True, noise_level=rng.uniform(*self.noise_level))
+        return kwargs
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where the data is and how it is prepared."""
+
+    data_dir: str | None = documented(
+        "folder holding the splits: DIR/<split>/ (LibriSpeech layout), DIR/LibriSpeech/<split>/ or DIR/<split>.jsonl|csv",
+        default=None,
+    )
+    max_duration_s: float = documented(
+        "drop utterances longer than this many seconds (Whisper encodes one 30 s window)",
+        default=float(CHUNK_LENGTH),
+    )
+    max_label_tokens: int = documented(
+        f"cut label sequences to this many tokens (at most the decoder's {MAX_TARGET_POSITIONS} positions)",
+        default=MAX_TARGET_POSITIONS,
+    )
+    augment: AugmentationConfig | None = documented(
+        "augment training audio on the fly (time stretch, pitch shift, noise); in JSON an object of "
+        "AugmentationConfig ranges or true for the defaults",
+        default=None,
+    )
+    lowercase: bool = documented(
+        "lower-case transcripts (LibriSpeech's are upper case; Whisper writes mixed case)", default=False
+    )
+    seed: int = documented("seed of the augmentation parameters", default=0)
+    num_workers: int = documented("DataLoader worker processes (audio decoding and augmentation)", default=0)
+    max_train_samples: int | None = documented("use only the first N training utterances", default=None)
+    max_eval_samples: int | None = documented("evaluate on only the first N eval utterances", default=None)
+    eval_batch_size: int | None = documented(
+        "utterances per eval batch (default: the training batch size)", default=None
+    )
+    hub_dataset: str = documented(
+        "Hugging Face dataset for LibriSpeech split names", default=LIBRISPEECH_HUB_ID
+    )
+    cache_dir: str | None = documented("Hugging Face datasets cache folder (default: its own)", default=None)
+
+    def __post_init__(self):
+        if isinstance(self.augment, dict):
+            object.__setattr__(self, "augment", AugmentationConfig(**self.augment))
+        elif self.augment is True:
+            object.__setattr__(self, "augment", AugmentationConfig())
+        elif self.augment is False:
+            object.__setattr__(self, "augment", None)
+        if not self.max_duration_s > 0:
+            raise DataError(f"max_duration_s must be > 0, got {self.max_duration_s!r}")
+        if not 2 <= self.max_label_tokens <= MAX_TARGET_POSITIONS:
+            raise DataError(
+                f"max_label_tokens must be in 2..{MAX_TARGET_POSITIONS}, got {self.max_label_tokens!r}"
+            )
+        for name in ("max_train_samples", "max_eval_samples", "eval_batch_size"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise DataError(f"{name} must be a positive integer or null, got {value!r}")
+        if not isinstance(self.num_workers, int) or self.num_workers < 0:
+            raise DataError(f"num_workers must be an integer >= 0, got {self.num_workers!r}")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "data config") -> DataConfig:
+        """Build from a JSON object, rejecting unknown keys by name."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise DataError(f"{source}: unknown field(s) {unknown}; known fields: {sorted(known)}")
+        try:
+            return cls(**values)
+        except TypeError as error:  # AugmentationConfig(**{"typo": ...})
+            raise DataError(f"{source}: {error}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---- listing utterances ----
+
+
+def read_librispeech_dir(root: str | os.PathLike) -> list[Utterance]:
+    """Every utterance under ``root`` in LibriSpeech layout; through ``manifest.jsonl`` when one is there."""
+    root = Path(root)
+    if (root / MANIFEST_NAME).is_file():
+        return read_manifest_file(root / MANIFEST_NAME)
+    transcripts = sorted(root.rglob("*.trans.txt"))
+    if not transcripts:
+        raise DataError(f"{root} holds no LibriSpeech transcripts (*.trans.txt) and no {MANIFEST_NAME}")
+    utterances = []
+    for trans in transcripts:
+        for number, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            utt_id, _, text = line.strip().partition(" ")
+            where = f"{trans} line {number}"
+            if not text.strip():
+                raise DataError(f"{where}: empty transcript for {utt_id}")
+            audio = next(
+                (
+                    trans.parent / (utt_id + ext)
+                    for ext in AUDIO_EXTENSIONS
+                    if (trans.parent / (utt_id + ext)).is_file()
+                ),
+                None,
+            )
+            if audio is None:
+                raise DataError(
+                    f"{where}: no audio file for {utt_id} ({utt_id}.flac or {'/'.join(AUDIO_EXTENSIONS)})"
+                )
+            utterances.append(Utterance(utt_id, str(audio), text.strip()))
+    return utterances
+
+
+def read_manifest_file(path: str | os.PathLike) -> list[Utterance]:
+    """A JSONL (one object per line) or CSV (header row) manifest; relative paths are from its folder."""
+    path = Path(path)
+    if path.suffix.lower() == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            reader = csv.DictReader(handle)
+            rows = [(reader.line_num, row) for row in reader]
+    else:
+        rows = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if line.strip():
+                try:
+                    rows.append((number, json.loads(line)))
+                except json.JSONDecodeError as error:
+                    raise DataError(f"{path} line {number}: invalid JSON ({error})") from None
+    return [_manifest_row(path, number, row) for number, row in rows]
+
+
+def _manifest_row(manifest: Path, number: int, row: Any) -> Utterance:
+    where = f"{manifest} line {number}"
+    if not isinstance(row, dict):
+        raise DataError(f"{where}: expected an object with an audio path and a text")
+    path_key = next((key for key in PATH_KEYS if isinstance(row.get(key), str)), None)
+    text_key = next((key for key in TEXT_KEYS if key in row), None)
+    if path_key is None or text_key is None:
+        raise DataError(
+            f"{where}: needs an audio path ({' or '.join(PATH_KEYS)}) and a text ({' or '.join(TEXT_KEYS)})"
+        )
+    audio = Path(row[path_key]).expanduser()
+    audio = audio if audio.is_absolute() else manifest.resolve().parent / audio
+    utt_id = str(row.get("id") or audio.stem)
+    text = row[text_key]
+    if not isinstance(text, str) or not text.strip():
+        raise DataError(f"{where}: empty transcript for {utt_id}")
+    if not audio.is_file():
+        raise DataError(f"{where}: audio file {audio} does not exist")
+    duration = row.get("duration")
+    duration = float(duration) if duration not in (None, "") else None
+    return Utterance(utt_id, str(audio), text.strip(), duration)
+
+
+def list_utterances(source: str | os.PathLike) -> list[Utterance]:
+    """The utterances of a LibriSpeech-layout folder or a manifest file."""
+    source = Path(source)
+    if source.is_dir():
+        return read_librispeech_dir(source)
+    if source.is_file():
+        return read_manifest_file(source)
+    raise DataError(f"{source} does not exist")
+
+
+def resolve_local_split(split: str, data_dir: str | os.PathLike | None) -> Path | None:
+    """The folder or manifest that holds ``split`` locally, or None if there is none."""
+    if Path(split).expanduser().exists():
+        return Path(split).expanduser()
+    if data_dir is None:
+        return None
+    root = Path(data_dir).expanduser()
+    for candidate in (
+        root / split,
+        root / "LibriSpeech" / split,
+        root / f"{split}.jsonl",
+        root / f"{split}.csv",
+    ):
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def _with_durations(utterances: list[Utterance]) -> list[Utterance]:
+    """Fill in missing durations from the file headers (decoding only what soundfile cannot read)."""
+    result = []
+    for utt in utterances:
+        if utt.duration is None:
+            try:
+                duration = sf.info(utt.audio_filepath).duration
+            except (RuntimeError, sf.LibsndfileError):  # mp3/m4a/...: decode it
+                duration = len(_load(utt.audio_filepath)) / SAMPLE_RATE
+            utt = dataclasses.replace(utt, duration=duration)
+        result.append(utt)
+    return result
+
+
+def filter_by_duration(utterances: list[Utterance], max_duration_s: float, name: str) -> list[Utterance]:
+    """Drop utterances longer than ``max_duration_s``, with a warning that counts them."""
+    utterances = _with_durations(utterances)
+    kept = [utt for utt in utterances if utt.duration <= max_duration_s]
+    if len(kept) < len(utterances):
+        longest = max(utt.duration for utt in utterances)
+        logger.warning(
+            "%s: dropped %d of %d utterances longer than %.1f s (longest %.1f s); Whisper encodes one %d-second "
+            "window, so their transcripts would not match what the model hears",
+            name,
+            len(utterances) - len(kept),
+            len(utterances),
+            max_duration_s,
+            longest,
+            CHUNK_LENGTH,
+        )
+    if not kept:
+        raise DataError(f"{name}: no utterance of at most {max_duration_s} s")
+    return kept
+
+
+def _load(path: str) -> np.ndarray:
+    try:
+        return load_audio(path)
+    except AudioError as error:
+        raise DataError(str(error)) from error
+
+
+# ---- datasets ----
+
+
+class SpeechDataset(torch.utils.data.Dataset):
+    """Utterances as ``{"id", "audio" (16 kHz float32), "text"}`` items, augmented on the fly if asked.
+
+    Augmentation parameters come from a generator seeded by (``seed``, item index, a draw from torch's
+    RNG): the Trainer seeds torch's RNG (and restores it on resume), so a run is reproducible, while each
+    epoch and each DataLoader worker draws different parameters.
+    """
+
+    def __init__(
+        self,
+        utterances: Sequence[Utterance],
+        augment: AugmentationConfig | None = None,
+        seed: int = 0,
+        lowercase: bool = False,
+        max_duration_s: float = float(CHUNK_LENGTH),
+    ):
+        self.utterances = list(utterances)
+        self.augment = augment
+        self.seed = seed
+        self.lowercase = lowercase
+        self.max_samples = int(max_duration_s * SAMPLE_RATE)
+
+    def __len__(self) -> int:
+        return len(self.utterances)
+
+    def _read(self, index: int) -> tuple[str, np.ndarray, str]:
+        utt = self.utterances[index]
+        return utt.id, _load(utt.audio_filepath), utt.text
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        utt_id, audio, text = self._read(index)
+        if self.augment is not None:
+            from training.augmentation import augment_audio
+
+            rng = np.random.default_rng([self.seed, index, int(torch.randint(2**31, ()))])
+            kwargs = self.augment.sample(rng, len(audio), self.max_samples)
+            if kwargs is not None:
+                audio = augment_audio(audio, SAMPLE_RATE, seed=rng, **kwargs)
+        return {"id": utt_id, "audio": audio, "text": text.lower() if self.lowercase else text}
+
+
+class HubSpeechDataset(SpeechDataset):
+    """LibriSpeech rows of a Hugging Face ``datasets.Dataset``, audio decoded by ``load_audio``."""
+
+    def __init__(self, rows, indices: Sequence[int], **kwargs):
+        super().__init__([], **kwargs)
+        self.rows = rows
+        self.indices = list(indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def _read(self, index: int) -> tuple[str, np.ndarray, str]:
+        row = self.rows[self.indices[index]]
+        try:
+            audio = load_audio(row["audio"]["bytes"] or row["audio"]["path"])
+        except AudioError as error:
+            raise DataError(f"{row['id']}: {error}") from error
+        return str(row["id"]), audio, row["text"]
+
+
+def _hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() not in ("", "0", "false", "no")
+
+
+def _hub_reachable(timeout_s: float = 3.0) -> bool:
+    """Whether the Hugging Face endpoint accepts a connection (datasets would retry for ~20 s otherwise)."""
+    from urllib.parse import urlsplit
+
+    from huggingface_hub import constants
+
+    endpoint = urlsplit(constants.ENDPOINT)
+    port = endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((endpoint.hostname, port), timeout=timeout_s).close()
+    except OSError:
+        return False
+    return True
+
+
+def _load_hub_split(split: str, config: DataConfig, limit: int | None, **kwargs) -> HubSpeechDataset:
+    """A LibriSpeech split from the Hugging Face hub, or only from the datasets cache with HF_HUB_OFFLINE."""
+    local_hint = f"put the split at DATA_DIR/{split}/ in LibriSpeech layout (data_dir={config.data_dir!r})"
+    offline = _hub_offline()
+    if not offline and not _hub_reachable():
+        raise DataError(
+            f"LibriSpeech {split} is not local and the Hugging Face hub is unreachable; {local_hint}, "
+            "or set HF_HUB_OFFLINE=1 to use a copy in the datasets cache"
+        )
+    import datasets
+
+    name, hub_split = LIBRISPEECH_SPLITS[split]
+    try:
+        rows = datasets.load_dataset(config.hub_dataset, name, split=hub_split, cache_dir=config.cache_dir)
+    except Exception as error:  # noqa: BLE001 - network, cache, auth and format failures all mean "not available"
+        where = "the datasets cache (HF_HUB_OFFLINE is set)" if offline else "the Hugging Face hub"
+        raise DataError(
+            f"cannot load LibriSpeech {split} ({config.hub_dataset} {name}/{hub_split}) from {where}: "
+            f"{type(error).__name__}: {error}; {local_hint}"
+        ) from error
+    return hub_speech_dataset(rows, config.max_duration_s, limit, name=split, **kwargs)
+
+
+def hub_speech_dataset(
+    rows, max_duration_s: float, limit: int | None = None, name: str = "hub split", **kwargs
+):
+    """A ``HubSpeechDataset`` over a ``datasets.Dataset`` with LibriSpeech's ``id``/``audio``/``text`` columns.
+
+    Utterances longer than ``max_duration_s`` are dropped (with a counted warning); ``limit`` keeps the
+    first N that remain.
+    """
+    import datasets
+
+    # Decode with load_audio (soundfile/PyAV) instead of datasets' torchcodec dependency.
+    rows = rows.cast_column("audio", datasets.Audio(decode=False))
+    indices, too_long, count = [], 0, 0
+    for index, audio in enumerate(rows["audio"]):
+        if limit is not None and count >= limit:
+            break
+        if sf.info(_audio_source(audio)).duration > max_duration_s:
+            too_long += 1
+            continue
+        indices.append(index)
+        count += 1
+    if too_long:
+        logger.warning("%s: dropped %d utterances longer than %.1f s", name, too_long, max_duration_s)
+    if not indices:
+        raise DataError(f"{name}: no utterance of at most {max_duration_s} s")
+    return HubSpeechDataset(rows, indices, **kwargs)
+
+
+def _audio_source(audio: dict):
+    """What soundfile/load_audio read for an undecoded ``datasets.Audio`` value: its bytes, else its path."""
+    return io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio["path"]
+
+
+def load_speech_dataset(
+    split: str, config: DataConfig, train: bool = False, limit: int | None = None
+) -> SpeechDataset:
+    """The dataset of ``split`` (see the module docstring for where it is looked up).
+
+    ``train`` enables ``config.augment``; ``limit`` keeps the first N utterances (after length filtering).
+    """
+    kwargs = dict(
+        augment=config.augment if train else None,
+        seed=config.seed,
+        lowercase=config.lowercase,
+        max_duration_s=config.max_duration_s,
+    )
+    local = resolve_local_split(split, config.data_dir)
+    if local is None:
+        if split not in LIBRISPEECH_SPLITS:
+            raise DataError(
+                f"split {split!r} is neither a path, nor found under data_dir={config.data_dir!r}, nor a LibriSpeech "
+                f"split name ({', '.join(LIBRISPEECH_SPLITS)})"
+            )
+        return _load_hub_split(split, config, limit, **kwargs)
+    utterances = list_utterances(local)
+    if not utterances:
+        raise DataError(f"{local} lists no utterances")
+    utterances = filter_by_duration(utterances, config.max_duration_s, str(local))
+    return SpeechDataset(utterances[:limit] if limit else utterances, **kwargs)
+
+
+def create_librispeech_dataloaders(
+    train_split: str, eval_split: str | None, config: DataConfig, batch_size: int, collate_fn
+):
+    """``(train_loader, eval_loader)`` over the two splits; ``eval_loader`` is None without ``eval_split``.
+
+    The training loader shuffles (torch's RNG, which the Trainer seeds) and augments per ``config.augment``;
+    the evaluation loader keeps the listed order and never augments.
+    """
+    if batch_size < 1:
+        raise DataError(f"batch_size must be >= 1, got {batch_size}")
+    train = load_speech_dataset(train_split, config, train=True, limit=config.max_train_samples)
+    loader_options = dict(
+        collate_fn=collate_fn, num_workers=config.num_workers, persistent_workers=config.num_workers > 0
+    )
+    train_loader = torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True, **loader_options)
+    eval_loader = None
+    if eval_split is not None:
+        evaluation = load_speech_dataset(eval_split, config, train=False, limit=config.max_eval_samples)
+        eval_loader = torch.utils.data.DataLoader(
+            evaluation, batch_size=config.eval_batch_size or batch_size, shuffle=False, **loader_options
+        )
+    logger.info(
+        "data: %d training utterances (%s), %s evaluation utterances (%s)",
+        len(train),
+        train_split,
+        len(eval_loader.dataset) if eval_loader else 0,
+        eval_split,
+    )
+    return train_loader, eval_loader
+
+
+# ---- collator ----
+
+
+class SpeechDataCollator:
+    """Batches of dataset items -> ``{"input_features", "labels"}`` for ``WhisperForConditionalGeneration``.
+
+    Features are ``transcription_features`` (the convention every transcription path of the project uses,
+    so training and serving see the same input). Labels are the tokenizer's sequence
+    ``<|startoftranscript|> <|notimestamps|> " text" <|endoftext|>`` without its first token: the model
+    builds its decoder input by shifting the labels right behind ``decoder_start_token_id``
+    (``<|startoftranscript|>``), so it reads ``SOT NOTS text`` and learns to predict ``NOTS text EOT``.
+    Padding is -100, which the loss ignores. The text gets a leading space, as Whisper was trained.
+    """
+
+    def __init__(self, processor, max_label_tokens: int = MAX_TARGET_POSITIONS):
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.n_mels = processor.feature_extractor.feature_size
+        self.max_label_tokens = max_label_tokens
+        self.decoder_start_token_id = self.tokenizer.convert_tokens_to_ids("<|startoftranscript|>")
+        if self.tokenizer.prefix_tokens[:1] != [self.decoder_start_token_id]:
+            raise ValueError(
+                f"the tokenizer's prefix {self.tokenizer.convert_ids_to_tokens(self.tokenizer.prefix_tokens)} "
+                "does not start with <|startoftranscript|>; is this a Whisper tokenizer?"
+            )
+        self.truncated = 0  # label sequences cut so far (reported in warnings)
+
+    def label_ids(self, text: str, utt_id: str = "?") -> list[int]:
+        """The label token ids of one transcript (see the class docstring)."""
+        ids = self.tokenizer(" " + text.strip()).input_ids[1:]  # drop <|startoftranscript|>
+        if len(ids) > self.max_label_tokens:
+            # The end-of-text token goes too: the model must not learn to stop in mid-transcript.
+            ids = ids[: self.max_label_tokens]
+            self.truncated += 1
+            logger.warning(
+                "%s: label sequence truncated to %d tokens (%d truncated so far)",
+                utt_id,
+                self.max_label_tokens,
+                self.truncated,
+            )
+        return ids
+
+    def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        features = transcription_features([item["audio"] for item in items], n_mels=self.n_mels)
+        labels = [self.label_ids(item["text"], item.get("id", "?")) for item in items]
+        padded = torch.full((len(labels), max(map(len, labels))), -100, dtype=torch.long)
+        for row, ids in enumerate(labels):
+            padded[row, : len(ids)] = torch.tensor(ids, dtype=torch.long)
+        return {"input_features": torch.from_numpy(np.ascontiguousarray(features)), "labels": padded}
+
+
+def create_data_collator(processor, max_label_tokens: int = MAX_TARGET_POSITIONS) -> SpeechDataCollator:
+    """The collator for ``processor``'s model (see ``SpeechDataCollator``)."""
+    return SpeechDataCollator(processor, max_label_tokens)
