@@ -106,20 +106,26 @@ def environment() -> dict:
 
 
 def print_table(results: dict) -> None:
-    header = (f"{'case':<20} {'ours ms':>8} {'HF numpy ms':>12} {'speed-up':>9} {'HF call ms':>11} {'speed-up':>9} "
-              f"{'max|diff| numpy':>16} {'max|diff| call':>15}")
+    header = (
+        f"{'case':<20} {'ours ms':>8} {'HF numpy ms':>12} {'speed-up':>9} {'HF call ms':>11} {'speed-up':>9} "
+        f"{'max|diff| numpy':>16} {'max|diff| call':>15}"
+    )
     print(header)
     print("-" * len(header))
     for case, r in results.items():
         ms = r["median_ms"]
-        print(f"{case:<20} {ms['ours']:>8.1f} {ms['hf_numpy']:>12.1f} {r['speedup_vs_hf_numpy']:>8.1f}x "
-              f"{ms['hf_call']:>11.1f} {r['speedup_vs_hf_call']:>8.1f}x "
-              f"{r['max_abs_diff_vs_hf_numpy']:>16.2e} {r['max_abs_diff_vs_hf_call']:>15.2e}")
+        print(
+            f"{case:<20} {ms['ours']:>8.1f} {ms['hf_numpy']:>12.1f} {r['speedup_vs_hf_numpy']:>8.1f}x "
+            f"{ms['hf_call']:>11.1f} {r['speedup_vs_hf_call']:>8.1f}x "
+            f"{r['max_abs_diff_vs_hf_numpy']:>16.2e} {r['max_abs_diff_vs_hf_call']:>15.2e}"
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7, help="timed runs per implementation and case (median)")
+    parser.add_argument(
+        "--repeats", type=int, default=7, help="timed runs per implementation and case (median)"
+    )
     parser.add_argument("--output", type=Path, default=Path("artifacts/bench_features.json"))
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
@@ -129,12 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import WhisperFeatureExtractor
 
     extractor = WhisperFeatureExtractor(feature_size=N_MELS)
-    results = {case: bench_case(clips, extractor, args.repeats) for case, clips in make_cases(args.seed).items()}
+    results = {
+        case: bench_case(clips, extractor, args.repeats) for case, clips in make_cases(args.seed).items()
+    }
     print_table(results)
     batched = results["8 x 30 s"]["speedup_vs_hf_numpy"]
     verdict = "meets" if batched >= TARGET_SPEEDUP else "MISSES"
-    print(f"\n8 x 30 s: {batched:.1f}x transformers' numpy path ({verdict} the {TARGET_SPEEDUP:g}x target); "
-          f"{os.cpu_count()} CPUs, median of {args.repeats}")
+    print(
+        f"\n8 x 30 s: {batched:.1f}x transformers' numpy path ({verdict} the {TARGET_SPEEDUP:g}x target); "
+        f"{os.cpu_count()} CPUs, median of {args.repeats}"
+    )
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
     report = {"repeats": args.repeats, "seed": args.seed, "environment": environment(), "results": results}

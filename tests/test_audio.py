@@ -19,7 +19,9 @@ from whisper_triton.audio import (
 from whisper_triton.constants import SAMPLE_RATE
 
 FFMPEG = shutil.which("ffmpeg")
-needs_ffmpeg = pytest.mark.skipif(FFMPEG is None, reason="the ffmpeg binary is needed to encode mp3/m4a test files")
+needs_ffmpeg = pytest.mark.skipif(
+    FFMPEG is None, reason="the ffmpeg binary is needed to encode mp3/m4a test files"
+)
 
 
 def sine(freq: float, seconds: float, rate: int = SAMPLE_RATE, amplitude: float = 0.5) -> np.ndarray:
@@ -43,11 +45,14 @@ def encode(tmp_path, audio: np.ndarray, suffix: str, *args: str):
     return out
 
 
-@pytest.mark.parametrize(("suffix", "subtype", "atol"), [
-    (".wav", "FLOAT", 0.0),  # float WAV is lossless
-    (".wav", "PCM_16", 1 / 32768),  # one 16-bit step
-    (".flac", "PCM_16", 1 / 32768),
-])
+@pytest.mark.parametrize(
+    ("suffix", "subtype", "atol"),
+    [
+        (".wav", "FLOAT", 0.0),  # float WAV is lossless
+        (".wav", "PCM_16", 1 / 32768),  # one 16-bit step
+        (".flac", "PCM_16", 1 / 32768),
+    ],
+)
 def test_lossless_formats_round_trip(tmp_path, suffix, subtype, atol):
     audio = sine(440, 0.5)
     path = tmp_path / f"a{suffix}"
@@ -184,8 +189,12 @@ def test_preprocess_mixes_channels_in_either_layout():
     left, right = sine(440, 0.1), sine(660, 0.1)
     expected = preprocess_audio((left + right) / 2, SAMPLE_RATE, normalize=False)
     channels_first = np.stack([left, right])
-    np.testing.assert_allclose(preprocess_audio(channels_first, SAMPLE_RATE, normalize=False), expected, atol=1e-7)
-    np.testing.assert_allclose(preprocess_audio(channels_first.T, SAMPLE_RATE, normalize=False), expected, atol=1e-7)
+    np.testing.assert_allclose(
+        preprocess_audio(channels_first, SAMPLE_RATE, normalize=False), expected, atol=1e-7
+    )
+    np.testing.assert_allclose(
+        preprocess_audio(channels_first.T, SAMPLE_RATE, normalize=False), expected, atol=1e-7
+    )
     with pytest.raises(AudioError, match="ambiguous channel layout"):
         to_mono(np.zeros((4, 4), np.float32))
     with pytest.raises(AudioError, match="batch"):
@@ -194,7 +203,9 @@ def test_preprocess_mixes_channels_in_either_layout():
 
 def test_preprocess_scales_integer_pcm():
     pcm = np.array([0, 16384, -32768, 32767], dtype=np.int16)
-    np.testing.assert_allclose(preprocess_audio(pcm, SAMPLE_RATE, normalize=False), [0, 0.5, -1, 32767 / 32768])
+    np.testing.assert_allclose(
+        preprocess_audio(pcm, SAMPLE_RATE, normalize=False), [0, 0.5, -1, 32767 / 32768]
+    )
     np.testing.assert_allclose(to_mono(np.array([128, 192, 0], np.uint8)), [0, 0.5, -1])
 
 
@@ -230,7 +241,9 @@ def test_trim_removes_leading_and_trailing_silence_only():
 
 
 def test_trim_then_normalise():
-    audio = np.concatenate([np.zeros(8000, np.float32), sine(440, 0.5, amplitude=0.1), np.zeros(8000, np.float32)])
+    audio = np.concatenate(
+        [np.zeros(8000, np.float32), sine(440, 0.5, amplitude=0.1), np.zeros(8000, np.float32)]
+    )
     out = preprocess_audio(audio, SAMPLE_RATE, trim_silence=True)
     assert out.size <= 8000 + 800
     assert np.abs(out).max() == pytest.approx(NORMALIZE_PEAK, abs=1e-6)

@@ -50,10 +50,16 @@ def test_noise_level_and_determinism():
     assert noisy.size == silence.size
     assert noisy.std() == pytest.approx(0.01, rel=0.03)
     assert abs(noisy.mean()) < 0.001
-    np.testing.assert_array_equal(noisy, augment_audio(silence, SAMPLE_RATE, add_noise=True, noise_level=0.01, seed=7))
-    assert not np.array_equal(noisy, augment_audio(silence, SAMPLE_RATE, add_noise=True, noise_level=0.01, seed=8))
+    np.testing.assert_array_equal(
+        noisy, augment_audio(silence, SAMPLE_RATE, add_noise=True, noise_level=0.01, seed=7)
+    )
+    assert not np.array_equal(
+        noisy, augment_audio(silence, SAMPLE_RATE, add_noise=True, noise_level=0.01, seed=8)
+    )
     rng = np.random.default_rng(7)  # a Generator continues its stream: the same first draw as seed=7
-    np.testing.assert_array_equal(noisy, augment_audio(silence, SAMPLE_RATE, add_noise=True, noise_level=0.01, seed=rng))
+    np.testing.assert_array_equal(
+        noisy, augment_audio(silence, SAMPLE_RATE, add_noise=True, noise_level=0.01, seed=rng)
+    )
 
 
 def test_noise_is_added_to_the_signal():
@@ -71,30 +77,36 @@ def test_all_together_are_deterministic():
     assert dominant_frequency(first) == pytest.approx(440 * 2 ** (2 / 12), rel=0.01)
 
 
-@pytest.mark.parametrize(("kwargs", "message"), [
-    (dict(time_stretch_factor=0), "time_stretch_factor must be > 0"),
-    (dict(time_stretch_factor=-1.5), "time_stretch_factor must be > 0"),
-    (dict(time_stretch_factor=float("nan")), "time_stretch_factor must be a finite number"),
-    (dict(time_stretch_factor=float("inf")), "time_stretch_factor must be a finite number"),
-    (dict(time_stretch_factor="fast"), "time_stretch_factor must be a finite number"),
-    (dict(pitch_shift_steps=float("nan")), "pitch_shift_steps must be a finite number"),
-    (dict(pitch_shift_steps=True), "pitch_shift_steps must be a finite number"),
-    (dict(noise_level=-0.1), "noise_level must be >= 0"),
-    (dict(add_noise="yes"), "add_noise must be True or False"),
-])
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(time_stretch_factor=0), "time_stretch_factor must be > 0"),
+        (dict(time_stretch_factor=-1.5), "time_stretch_factor must be > 0"),
+        (dict(time_stretch_factor=float("nan")), "time_stretch_factor must be a finite number"),
+        (dict(time_stretch_factor=float("inf")), "time_stretch_factor must be a finite number"),
+        (dict(time_stretch_factor="fast"), "time_stretch_factor must be a finite number"),
+        (dict(pitch_shift_steps=float("nan")), "pitch_shift_steps must be a finite number"),
+        (dict(pitch_shift_steps=True), "pitch_shift_steps must be a finite number"),
+        (dict(noise_level=-0.1), "noise_level must be >= 0"),
+        (dict(add_noise="yes"), "add_noise must be True or False"),
+    ],
+)
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         augment_audio(TONE, SAMPLE_RATE, **kwargs)
 
 
-@pytest.mark.parametrize(("audio", "rate", "message"), [
-    (np.zeros(0, np.float32), SAMPLE_RATE, "empty audio"),
-    (np.zeros((2, 100), np.float32), SAMPLE_RATE, "1-D mono audio"),
-    (np.array([0.0, np.nan], np.float32), SAMPLE_RATE, "NaN or infinite"),
-    (np.zeros(100, np.int16), SAMPLE_RATE, "float samples"),
-    (TONE, 0, "sample_rate must be a positive integer"),
-    (TONE, 16000.0, "sample_rate must be a positive integer"),
-])
+@pytest.mark.parametrize(
+    ("audio", "rate", "message"),
+    [
+        (np.zeros(0, np.float32), SAMPLE_RATE, "empty audio"),
+        (np.zeros((2, 100), np.float32), SAMPLE_RATE, "1-D mono audio"),
+        (np.array([0.0, np.nan], np.float32), SAMPLE_RATE, "NaN or infinite"),
+        (np.zeros(100, np.int16), SAMPLE_RATE, "float samples"),
+        (TONE, 0, "sample_rate must be a positive integer"),
+        (TONE, 16000.0, "sample_rate must be a positive integer"),
+    ],
+)
 def test_bad_audio(audio, rate, message):
     with pytest.raises(ValueError, match=message):
         augment_audio(audio, rate)

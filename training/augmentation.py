@@ -47,7 +47,9 @@ def augment_audio(
     if time_stretch_factor is not None:
         _check_real("time_stretch_factor", time_stretch_factor)
         if time_stretch_factor <= 0:
-            raise ValueError(f"time_stretch_factor must be > 0 (2.0 = twice as fast), got {time_stretch_factor}")
+            raise ValueError(
+                f"time_stretch_factor must be > 0 (2.0 = twice as fast), got {time_stretch_factor}"
+            )
     if pitch_shift_steps is not None:
         _check_real("pitch_shift_steps", pitch_shift_steps)
     if not isinstance(add_noise, (bool, np.bool_)):
