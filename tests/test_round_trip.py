@@ -1,0 +1,68 @@
+"""A checkpoint from `python -m training` -> `python -m build` -> a live tritonserver -> same transcripts."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from tests.conftest import CORPUS_DIR, REPO_ROOT
+
+
+@pytest.mark.slow
+def test_training_checkpoint_builds_and_serves_like_pytorch(tmp_path, tiny_en, corpus_audio):
+    from build.repository import build_model_repository
+    from build.server import TritonServer
+    from client.api import WhisperClient
+    from training.modeling import create_whisper_model_and_processor
+    from training.torch_backend import torch_transcriber
+
+    config = {
+        "model": {"name_or_path": "tiny.en"},
+        "data": {
+            "train_split": str(CORPUS_DIR),
+            "eval_split": str(CORPUS_DIR),
+            "max_train_samples": 4,
+            "max_eval_samples": 2,
+        },
+        "training": {
+            "output_dir": str(tmp_path / "run"),
+            "max_steps": 2,
+            "per_device_train_batch_size": 2,
+            "learning_rate": 1e-4,
+            "eval_steps": 2,
+            "save_steps": 2,
+            "logging_steps": 1,
+            "generation_max_length": 40,
+            "report_to": ["none"],
+        },
+    }
+    (tmp_path / "train.json").write_text(json.dumps(config))
+    trained = subprocess.run(
+        [sys.executable, "-m", "training", "--config", str(tmp_path / "train.json"), "--disable-tqdm"],
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    checkpoint = tmp_path / "run" / "checkpoint-2"
+
+    model, processor = create_whisper_model_and_processor(checkpoint)
+    original = tiny_en[0].model.decoder.layers[0].fc1.weight
+    assert not torch.equal(
+        model.model.decoder.layers[0].fc1.weight, original
+    )  # really the fine-tuned weights
+    expected = [t.text for t in torch_transcriber(model, processor).transcribe_batch(corpus_audio[:6])]
+
+    result = build_model_repository(str(checkpoint), tmp_path / "repository")
+    assert result.report.identical == result.report.utterances
+    with TritonServer(tmp_path / "repository") as server:
+        client = WhisperClient(server.url_grpc)
+        served = [client.transcribe(audio).text for audio in corpus_audio[:6]]
+    assert served == expected
