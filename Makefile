@@ -7,7 +7,6 @@ PY := $(VENV)/bin/python
 #   make setup TORCH_SPEC="torch==2.13.0"  with pip's CUDA wheel index configured, see README.
 TORCH_SPEC ?= torch==2.13.0
 APT_PACKAGES := espeak-ng ffmpeg sox
-CORPUS ?= .cache/demo-corpus
 MODEL_REPOSITORY ?= model_repository
 
 .PHONY: help setup system-deps test lint demo build-repo bench bench-features serve clean

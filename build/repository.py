@@ -73,7 +73,7 @@ def build_model_repository(
             else VerificationReport.skipped()
         )
         _lay_out(onnx_dir, output, manifest, settings)
-    _write_environment(output, settings)
+    _write_environment(output)
     logger.info("model repository ready in %s (%s, %s)", output, settings.runtime, precision)
     return BuildResult(output, report)
 
@@ -116,7 +116,7 @@ def _copy_model_code(name: str, output: Path) -> None:
         shutil.copy2(source, target)
 
 
-def _write_environment(output: Path, settings: ServingSettings) -> None:
+def _write_environment(output: Path) -> None:
     """environment.json for the CPU server's Python models (see build.triton_runtime)."""
     from build.triton_runtime import prepare_triton_runtime, write_environment_file
 
