@@ -7,9 +7,10 @@ PY := $(VENV)/bin/python
 #   make setup TORCH_SPEC="torch==2.13.0"  with pip's CUDA wheel index configured, see README.
 TORCH_SPEC ?= torch==2.13.0
 APT_PACKAGES := espeak-ng ffmpeg sox
+APT_LIBRARIES := libb64-0d  # perf_analyzer links libb64.so.0d
 MODEL_REPOSITORY ?= model_repository
 
-.PHONY: help setup system-deps test lint demo build-repo bench bench-features serve clean
+.PHONY: help setup system-deps test lint demo build-repo bench bench-features perf serve clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -24,9 +25,11 @@ setup: system-deps ## create .venv with every dependency, and convert the bundle
 	$(PY) -m pip install -q --no-deps "nvidia-pytriton==0.7.0"
 	$(PY) -c "from training.modeling import bundled_tiny_en_dir; print('tiny.en ready at', bundled_tiny_en_dir())"
 	$(PY) -m build.triton_runtime
+	$(PY) -m client.perf_analyzer install
 
-system-deps: ## Debian packages for speech synthesis and audio decoding (skipped when present)
-	@missing=$$(for p in $(APT_PACKAGES); do command -v $$p >/dev/null || echo $$p; done); \
+system-deps: ## Debian packages for speech synthesis, audio decoding and perf_analyzer (skipped when present)
+	@missing=$$(for p in $(APT_PACKAGES); do command -v $$p >/dev/null || echo $$p; done; \
+		for p in $(APT_LIBRARIES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; \
@@ -48,6 +51,9 @@ build-repo: ## python -m build with the defaults (tiny.en, python runtime, fp32)
 
 bench: ## this server (fp32/int8, concurrency 1/2/4) vs faster-whisper vs transformers: table + JSON
 	$(PY) scripts/bench_serving.py
+
+perf: ## Triton's perf_analyzer against the whisper ensemble (int8 tiny.en, concurrency 1/2/4): table + JSON
+	$(PY) scripts/perf.py
 
 bench-features: ## log-mel extraction: ours vs transformers' WhisperFeatureExtractor
 	$(PY) scripts/bench_features.py

@@ -146,22 +146,16 @@ def benchmark_tensorrt_engine(
         from build.tensorrt import TensorRTUnavailable
 
         raise TensorRTUnavailable(f"cannot benchmark a TensorRT engine: {reason}")
-    import tensorrt as trt
     import torch
 
-    runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-    engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
-    context = engine.create_execution_context()
-    name_in, name_out = engine.get_tensor_name(0), engine.get_tensor_name(1)
+    from build.tensorrt import TensorRTEngine
+
+    engine = TensorRTEngine(engine_path)
     features = torch.from_numpy(_features(input_shape)).cuda()
-    context.set_input_shape(name_in, tuple(features.shape))
-    output = torch.empty(tuple(context.get_tensor_shape(name_out)), device="cuda")
-    context.set_tensor_address(name_in, features.data_ptr())
-    context.set_tensor_address(name_out, output.data_ptr())
+    engine.bind(features)
     stream = torch.cuda.Stream()
 
     def run():
-        context.execute_async_v3(stream.cuda_stream)
-        stream.synchronize()
+        engine.execute(stream)
 
     return _timings(run, num_runs, warmup)

@@ -17,7 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from build import onnx_export
-from build.optimize import PRECISIONS, optimize_onnx_model, quantize_onnx_int8
+from build.optimize import (
+    INT8_FLOAT_DECODER,
+    INT8_FLOAT_ENCODER,
+    PRECISIONS,
+    optimize_onnx_model,
+    quantize_onnx_int8,
+    quantize_onnx_weights_int8,
+)
 from build.triton_config import ServingSettings, model_configs, write_config
 from build.verify import VerificationReport, verify_onnx
 from whisper_triton import contract
@@ -59,8 +66,12 @@ def build_model_repository(
         onnx_dir.mkdir()
         for path in (exported.encoder, exported.cross_kv, exported.decoder):
             target = onnx_dir / path.name
-            if precision == "int8":
-                quantize_onnx_int8(path, target)
+            if precision == "int8" and path == exported.encoder:
+                quantize_onnx_int8(path, target, keep_float=INT8_FLOAT_ENCODER)
+            elif precision == "int8":
+                quantize_onnx_weights_int8(
+                    path, target, keep_float=INT8_FLOAT_DECODER if path == exported.decoder else None
+                )
             elif precision == "fp16" and settings.runtime != "tensorrt":
                 optimize_onnx_model(path, target, float16=True)
             else:

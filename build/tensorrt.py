@@ -76,3 +76,43 @@ def create_tensorrt_engine(
     engine_path.write_bytes(bytes(serialized))
     logger.info("built TensorRT %s engine %s", precision, engine_path)
     return engine_path
+
+
+class TensorRTEngine:
+    """A deserialised engine with one input and one output, run on CUDA tensors from torch."""
+
+    def __init__(self, engine_path: str | Path):
+        available, reason = tensorrt_available()
+        if not available:
+            raise TensorRTUnavailable(f"cannot run a TensorRT engine: {reason}")
+        import tensorrt as trt
+
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self._engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
+        if self._engine is None:
+            raise RuntimeError(f"TensorRT cannot deserialise {engine_path}")
+        self._context = self._engine.create_execution_context()
+        self._input, self._output = self._engine.get_tensor_name(0), self._engine.get_tensor_name(1)
+
+    def bind(self, features):
+        """Set the input shape and addresses for the CUDA tensor ``features``; returns the output tensor."""
+        import torch
+
+        self._context.set_input_shape(self._input, tuple(features.shape))
+        output = torch.empty(tuple(self._context.get_tensor_shape(self._output)), device=features.device)
+        self._context.set_tensor_address(self._input, features.data_ptr())
+        self._context.set_tensor_address(self._output, output.data_ptr())
+        return output
+
+    def execute(self, stream) -> None:
+        self._context.execute_async_v3(stream.cuda_stream)
+        stream.synchronize()
+
+    def __call__(self, features):
+        """Output for ``features`` (numpy float32, the engine's input layout) as numpy."""
+        import torch
+
+        inputs = torch.from_numpy(features).cuda()
+        output = self.bind(inputs)
+        self.execute(torch.cuda.Stream())
+        return output.float().cpu().numpy()

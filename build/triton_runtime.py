@@ -53,7 +53,7 @@ DEFAULT_ROOT = REPO_ROOT / ".cache" / "triton"
 # come from the repository root, which environment.json also puts on sys.path.
 SERVER_REQUIREMENTS: tuple[str, ...] = (
     "numpy>=1.24,<2",
-    "onnxruntime>=1.18",
+    "onnxruntime>=1.22",
     "tokenizers>=0.20",
     "soundfile>=0.12",
     "soxr>=0.3",

@@ -97,3 +97,24 @@ def test_tensorrt_build_is_refused_for_int8():
 
     with pytest.raises(ValueError, match="FP16"):
         build_model_repository("tiny.en", "/nonexistent", "int8", ServingSettings(runtime="tensorrt"))
+
+
+_TENSORRT, _TENSORRT_MISSING = tensorrt_available()
+
+
+@pytest.mark.skipif(not _TENSORRT, reason=f"TensorRT engine build needs a GPU: {_TENSORRT_MISSING}")
+def test_tensorrt_fp16_encoder_engine_matches_onnx(tiny_en, corpus_audio, tmp_path):
+    """The FP16 encoder engine, run on real speech, stays close to the float32 ONNX encoder."""
+    from build.onnx_export import export_onnx_models
+    from build.tensorrt import TensorRTEngine
+    from whisper_triton.features import transcription_features
+    from whisper_triton.onnx_runtime import OnnxEncoder
+
+    exported = export_onnx_models(tiny_en[0], tmp_path)
+    engine = TensorRTEngine(api.create_tensorrt_engine(exported.encoder, tmp_path / "encoder.plan"))
+    features = transcription_features(corpus_audio[:2], 80)[None]  # [batch 1, 2 windows, mels, frames]
+    expected = OnnxEncoder(tmp_path)(features)
+    actual = engine(features)
+    assert actual.shape == expected.shape
+    assert np.linalg.norm(actual - expected) / np.linalg.norm(expected) < 1e-2
+    assert api.benchmark_tensorrt_engine(tmp_path / "encoder.plan", num_runs=2)["latency_ms"] > 0
