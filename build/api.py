@@ -15,7 +15,7 @@ import numpy as np
 
 from build.onnx_export import ExportedModel, export_onnx_models
 from build.optimize import optimize_onnx_model
-from build.tensorrt import create_tensorrt_engine, tensorrt_available
+from build.tensorrt import create_tensorrt_engine
 
 __all__ = [
     "apply_dynamic_quantization",
@@ -141,11 +141,6 @@ def benchmark_tensorrt_engine(
     engine_path: str | Path, input_shape=(1, 1, 80, 3000), num_runs: int = 10, warmup: int = 2
 ) -> dict:
     """TensorRT engine latency (needs a CUDA GPU, tensorrt and torch with CUDA)."""
-    available, reason = tensorrt_available()
-    if not available:
-        from build.tensorrt import TensorRTUnavailable
-
-        raise TensorRTUnavailable(f"cannot benchmark a TensorRT engine: {reason}")
     import torch
 
     from build.tensorrt import TensorRTEngine

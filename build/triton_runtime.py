@@ -235,16 +235,14 @@ def _resolved_versions(site_directory: Path) -> dict[str, str]:
     return dict(sorted((dist.metadata["Name"], dist.version) for dist in distributions))
 
 
-def _missing_libraries(runtime: TritonRuntime, binaries: Sequence[Path]) -> list[str]:
-    """The ``ldd`` lines that say 'not found', for the binaries run with the runtime's environment."""
+def missing_libraries(binaries: Sequence[Path], env: Mapping[str, str]) -> list[str]:
+    """The ``ldd`` lines that say 'not found', for ``binaries`` run with the environment ``env``."""
     if shutil.which("ldd") is None:
-        logger.warning("ldd not found: cannot check the shared libraries of tritonserver and its stub")
+        logger.warning("ldd not found: cannot check the shared libraries of %s", [b.name for b in binaries])
         return []
     missing = []
     for binary in binaries:
-        result = subprocess.run(
-            ["ldd", str(binary)], capture_output=True, text=True, env=runtime.process_environment()
-        )
+        result = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, env=dict(env))
         missing += [
             f"{binary.name}: {line.strip()}" for line in result.stdout.splitlines() if "not found" in line
         ]
@@ -252,7 +250,7 @@ def _missing_libraries(runtime: TritonRuntime, binaries: Sequence[Path]) -> list
 
 
 def _check_libraries(runtime: TritonRuntime, stub: Path) -> None:
-    missing = _missing_libraries(runtime, [runtime.server_binary, stub])
+    missing = missing_libraries([runtime.server_binary, stub], runtime.process_environment())
     if missing:
         raise TritonRuntimeError(
             "tritonserver or its Python stub cannot load shared libraries:\n  "

@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from build.triton_runtime import missing_libraries
 from whisper_triton import contract
 from whisper_triton.constants import SAMPLE_RATE
 
@@ -79,12 +80,6 @@ def _extract(wheel: Path, member: str, target: Path) -> None:
     target.chmod(0o755)
 
 
-def missing_libraries(tool: PerfAnalyzer) -> list[str]:
-    """The shared libraries perf_analyzer cannot find ('not found' lines of ldd)."""
-    result = subprocess.run(["ldd", str(tool.binary)], capture_output=True, text=True, env=tool.environment())
-    return [line.strip() for line in result.stdout.splitlines() if "not found" in line]
-
-
 def install(root: Path = DEFAULT_ROOT) -> PerfAnalyzer:
     """Unpack perf_analyzer and libcudart under ``root`` (once) and check that it can start."""
     tool = _located(Path(root))
@@ -97,7 +92,7 @@ def install(root: Path = DEFAULT_ROOT) -> PerfAnalyzer:
                 download = Path(tmp) / requirement.split("=")[0]
                 download.mkdir()
                 _extract(_pip_download(requirement, download), member, target)
-    missing = missing_libraries(tool)
+    missing = missing_libraries([tool.binary], tool.environment())
     if missing:
         raise PerfAnalyzerError(
             "perf_analyzer cannot load: " + "; ".join(missing) + " (libb64: apt-get install libb64-0d)"
