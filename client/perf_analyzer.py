@@ -162,13 +162,16 @@ def run(
     concurrency: Sequence[int] = (1, 2, 4),
     protocol: str = "grpc",
     requests_per_window: int = 20,
+    request_count: int | None = None,
     tool: PerfAnalyzer | None = None,
     timeout_s: float = 1800,
 ) -> list[PerfResult]:
     """Measure the ``whisper`` model at ``url`` with ``audios`` at each concurrency.
 
-    Each measurement window counts ``requests_per_window`` requests; perf_analyzer repeats windows until
-    three in a row agree within 20% (or 10 trials), which keeps a noisy shared CPU from looping forever.
+    By default each measurement window counts ``requests_per_window`` requests and perf_analyzer repeats
+    windows until three in a row agree within 20%; after 10 windows that never agree it gives up (a busy
+    shared CPU can do that). ``request_count`` instead measures exactly that many requests once, with no
+    stability search: always an answer, and a bounded run time, at the cost of no convergence check.
     """
     tool = tool or find()
     if not audios:
@@ -189,9 +192,12 @@ def run(
                 "--concurrency-range",
                 f"{level}:{level}",
             ]
-            command += ["--measurement-mode", "count_windows"]
-            command += ["--measurement-request-count", str(requests_per_window)]
-            command += ["--stability-percentage", "20", "--max-trials", "10"]
+            if request_count:
+                command += ["--request-count", str(request_count)]
+            else:
+                command += ["--measurement-mode", "count_windows"]
+                command += ["--measurement-request-count", str(requests_per_window)]
+                command += ["--stability-percentage", "20", "--max-trials", "10"]
             result = subprocess.run(
                 command, capture_output=True, text=True, env=tool.environment(), timeout=timeout_s
             )

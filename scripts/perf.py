@@ -32,6 +32,11 @@ def main(argv=None) -> int:
     parser.add_argument("--concurrency", default="1,2,4", help="comma-separated (default 1,2,4)")
     parser.add_argument("--utterances", type=int, default=40, help="corpus clips cycled through (40)")
     parser.add_argument("--requests-per-window", type=int, default=20)
+    parser.add_argument(
+        "--request-count",
+        type=int,
+        help="measure exactly N requests per level, no stability search (for busy machines)",
+    )
     parser.add_argument("--output", type=Path, default=REPO / "artifacts" / "perf_analyzer.json")
     args = parser.parse_args(argv)
 
@@ -43,7 +48,11 @@ def main(argv=None) -> int:
 
     def measure(url: str):
         return perf_analyzer.run(
-            url, audios, concurrency=concurrency, requests_per_window=args.requests_per_window
+            url,
+            audios,
+            concurrency=concurrency,
+            requests_per_window=args.requests_per_window,
+            request_count=args.request_count,
         )
 
     if args.url:

@@ -272,11 +272,12 @@ def test_perf_analyzer_measures_the_live_server(server, grpc_client, corpus_audi
         return stats.inference_stats.success.count
 
     before = served()
-    results = perf_analyzer.run(server.url_grpc, clips, concurrency=[1], requests_per_window=3)
+    # A fixed request count: a stability search over 2 shared cores may never converge (it failed in CI).
+    results = perf_analyzer.run(server.url_grpc, clips, concurrency=[1], request_count=6)
     assert [r.concurrency for r in results] == [1]
     result = results[0]
     assert 0 < result.p50_ms <= result.p90_ms <= result.p99_ms
     assert result.requests_per_s > 0 and result.server_compute_ms > 0
     mean_seconds = np.mean([len(a) for a in clips]) / SAMPLE_RATE
     assert result.audio_s_per_s == pytest.approx(result.requests_per_s * mean_seconds)
-    assert served() - before >= 3  # at least one measurement window really reached the server
+    assert served() - before >= 6  # every measured request really reached the server

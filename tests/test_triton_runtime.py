@@ -128,15 +128,13 @@ def server(runtime, tmp_path_factory):
 # -- the runtime -------------------------------------------------------------------------------------------
 
 
-def test_prepare_is_idempotent_and_fast(runtime):
+def test_prepare_is_idempotent(runtime):
     stamp_path = DEFAULT_ROOT / "stamp.json"
     before = stamp_path.stat().st_mtime_ns
-    start = time.perf_counter()
     again = prepare_triton_runtime()
-    elapsed = time.perf_counter() - start
     assert again == runtime
+    # The stamp is rewritten only by a rebuild; no wall-clock bound, which a busy CI machine could break.
     assert stamp_path.stat().st_mtime_ns == before, "an unchanged runtime must not be rebuilt"
-    assert elapsed < 2.0
     stamp = read_stamp()
     assert stamp["requirements"] == list(SERVER_REQUIREMENTS)
     assert stamp["resolved"]["numpy"].startswith("1.")

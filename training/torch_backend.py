@@ -6,6 +6,8 @@ with; its greedy transcripts are in turn checked against transformers' ``generat
 
 from __future__ import annotations
 
+import inspect
+
 import numpy as np
 import torch
 
@@ -16,6 +18,10 @@ from whisper_triton.transcriber import Transcriber
 class TorchDecoderBackend:
     def __init__(self, model):
         self.model = model.eval()
+        # transformers 5.x renamed the decoder's cache argument from past_key_values to cache (the old
+        # name is removed in 5.40); pyproject allows any 5.x, so use whichever this version takes.
+        parameters = inspect.signature(self.model.model.decoder.forward).parameters
+        self._cache_argument = "cache" if "cache" in parameters else "past_key_values"
 
     def cross_attention(self, encoder_output: np.ndarray):
         return torch.from_numpy(np.ascontiguousarray(encoder_output)).to(self.model.dtype)
@@ -28,8 +34,8 @@ class TorchDecoderBackend:
         out = self.model.model.decoder(
             input_ids=torch.from_numpy(tokens),
             encoder_hidden_states=cross,
-            past_key_values=cache,
             use_cache=True,
+            **{self._cache_argument: cache},
         )
         logits = self.model.proj_out(out.last_hidden_state)
         return logits.float().numpy(), out.past_key_values
