@@ -51,17 +51,26 @@ def main(argv=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from build.repository import build_model_repository
+    from build.verify import BuildVerificationError
+    from training.modeling import ModelLoadError
+    from whisper_triton.tensorrt_runtime import TensorRTUnavailable
 
-    settings = ServingSettings(
-        runtime=args.runtime,
-        max_batch_size=args.max_batch_size,
-        max_audio_seconds=args.max_audio_seconds,
-        threads=args.threads,
-    )
     started = time.perf_counter()
-    result = build_model_repository(
-        args.model, args.output, args.precision, settings, verify=not args.skip_verify
-    )
+    try:
+        settings = ServingSettings(
+            runtime=args.runtime,
+            max_batch_size=args.max_batch_size,
+            max_audio_seconds=args.max_audio_seconds,
+            threads=args.threads,
+        )
+        result = build_model_repository(
+            args.model, args.output, args.precision, settings, verify=not args.skip_verify
+        )
+    except (ValueError, ModelLoadError, TensorRTUnavailable, BuildVerificationError) as error:
+        # What the user can fix (options, model path, missing GPU, a model that does not export
+        # faithfully): the message alone, not a traceback.
+        print(f"python -m build: error: {error}", file=sys.stderr)
+        return 2
     print(f"{result.repository}: {result.report.summary()} ({time.perf_counter() - started:.0f} s)")
     return 0
 

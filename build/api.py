@@ -146,11 +146,5 @@ def benchmark_tensorrt_engine(
     from build.tensorrt import TensorRTEngine
 
     engine = TensorRTEngine(engine_path)
-    features = torch.from_numpy(_features(input_shape)).cuda()
-    engine.bind(features)
-    stream = torch.cuda.Stream()
-
-    def run():
-        engine.execute(stream)
-
-    return _timings(run, num_runs, warmup)
+    engine.bind({engine.inputs[0]: torch.from_numpy(_features(input_shape)).cuda()})
+    return _timings(engine.execute, num_runs, warmup)

@@ -5,7 +5,12 @@ Layout written to ``output``:
     whisper/config.pbtxt             the ensemble clients call
     whisper_features/{config.pbtxt, 1/model.py}
     whisper_encoder/{config.pbtxt, 1/model.py + encoder.onnx | 1/model.onnx | 1/model.plan}
-    whisper_decoder/{config.pbtxt, 1/model.py, cross_kv.onnx, decoder.onnx, manifest.json, tokenizer.json}
+    whisper_decoder/{config.pbtxt, 1/model.py, cross_kv.onnx + decoder.onnx | cross_kv.plan + decoder.plan,
+                     manifest.json, tokenizer.json}
+
+``--runtime tensorrt`` builds its three engines from the exported graphs as they are, not from ONNX
+Runtime's optimised ones: those contain ONNX Runtime's own fused ops (com.microsoft BiasGelu,
+FusedMatMul) that TensorRT's parser does not know, and TensorRT fuses for itself.
 """
 
 from __future__ import annotations
@@ -26,9 +31,16 @@ from build.optimize import (
     quantize_onnx_weights_int8,
 )
 from build.triton_config import ServingSettings, model_configs, write_config
-from build.verify import VerificationReport, verify_onnx
+from build.verify import VerificationReport, verify_onnx, verify_tensorrt
 from whisper_triton import contract
 from whisper_triton.manifest import TOKENIZER_FILE, manifest_from_model
+from whisper_triton.tensorrt_runtime import (
+    CROSS_KV_ENGINE,
+    DECODER_ENGINE,
+    ENCODER_ENGINE,
+    TensorRTUnavailable,
+    tensorrt_available,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -54,8 +66,12 @@ def build_model_repository(
     settings = settings or ServingSettings()
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
-    if settings.runtime == "tensorrt" and precision == "int8":
-        raise ValueError("the TensorRT runtime builds FP16 engines: use --precision fp16 (or fp32)")
+    if settings.runtime == "tensorrt":
+        if precision == "int8":
+            raise ValueError("the TensorRT runtime builds FP16 engines: use --precision fp16 (or fp32)")
+        available, reason = tensorrt_available()
+        if not available:  # before minutes of export, not after
+            raise TensorRTUnavailable(f"--runtime tensorrt cannot build engines here: {reason}")
     output = Path(output)
     model, processor = create_whisper_model_and_processor(model_name_or_path)
     manifest = manifest_from_model(model, processor, precision=precision, source=str(model_name_or_path))
@@ -83,10 +99,27 @@ def build_model_repository(
             if verify
             else VerificationReport.skipped()
         )
+        if settings.runtime == "tensorrt":
+            report = _build_engines(exported, onnx_dir, precision, model, processor, manifest, verify)
         _lay_out(onnx_dir, output, manifest, settings)
     _write_environment(output)
     logger.info("model repository ready in %s (%s, %s)", output, settings.runtime, precision)
     return BuildResult(output, report)
+
+
+def _build_engines(exported, onnx_dir: Path, precision, model, processor, manifest, verify: bool):
+    """encoder/cross_kv/decoder .plan next to the ONNX files, checked against PyTorch like the ONNX ones."""
+    from build.tensorrt import create_tensorrt_engine
+
+    for source, engine in (
+        (exported.encoder, ENCODER_ENGINE),
+        (exported.cross_kv, CROSS_KV_ENGINE),
+        (exported.decoder, DECODER_ENGINE),
+    ):
+        create_tensorrt_engine(source, onnx_dir / engine, precision=precision)
+    if not verify:
+        return VerificationReport.skipped()
+    return verify_tensorrt(model, processor, onnx_dir, manifest, precision)
 
 
 def _lay_out(onnx_dir: Path, output: Path, manifest, settings: ServingSettings) -> None:
@@ -97,7 +130,12 @@ def _lay_out(onnx_dir: Path, output: Path, manifest, settings: ServingSettings) 
     _copy_model_code(contract.FEATURES_MODEL, output)
     _copy_model_code(contract.DECODER_MODEL, output)
     decoder_version = output / contract.DECODER_MODEL / "1"
-    for name in (onnx_export.CROSS_KV_FILE, onnx_export.DECODER_FILE, "manifest.json", TOKENIZER_FILE):
+    graphs = (onnx_export.CROSS_KV_FILE, onnx_export.DECODER_FILE)
+    engines = (CROSS_KV_ENGINE, DECODER_ENGINE)
+    # The decoding model runs the engines when they are there: a rebuild for another runtime removes them.
+    for stale in engines if settings.runtime != "tensorrt" else graphs:
+        (decoder_version / stale).unlink(missing_ok=True)
+    for name in (*(engines if settings.runtime == "tensorrt" else graphs), "manifest.json", TOKENIZER_FILE):
         shutil.copy2(onnx_dir / name, decoder_version / name)
     encoder_version = output / contract.ENCODER_MODEL / "1"
     encoder_version.mkdir(parents=True, exist_ok=True)
@@ -112,11 +150,7 @@ def _lay_out(onnx_dir: Path, output: Path, manifest, settings: ServingSettings) 
     elif settings.runtime == "onnxruntime":
         shutil.copy2(onnx_dir / onnx_export.ENCODER_FILE, encoder_version / "model.onnx")
     else:
-        from build.tensorrt import create_tensorrt_engine
-
-        create_tensorrt_engine(
-            onnx_dir / onnx_export.ENCODER_FILE, encoder_version / "model.plan", precision="fp16"
-        )
+        shutil.copy2(onnx_dir / ENCODER_ENGINE, encoder_version / "model.plan")
 
 
 def _copy_model_code(name: str, output: Path) -> None:

@@ -1,8 +1,17 @@
 """TensorRT FP16 engines from the exported ONNX graphs (needs an NVIDIA GPU and the tensorrt package).
 
-The encoder engine gets an optimisation profile over batch x windows; it is served by Triton's
-``tensorrt_plan`` backend in the official container. This machine has no GPU: the tests skip this with
-the reason, and ``python -m build --runtime tensorrt`` says what is missing.
+Each graph gets one optimisation profile over its dynamic axes, by the axis names the ONNX export gave
+them (``build.onnx_export``):
+
+- encoder: ``batch`` (requests the dynamic batcher groups) x ``windows`` (30-s windows per request); served
+  by Triton's ``tensorrt_plan`` backend.
+- cross_kv and decoder: ``batch`` is decoder rows (windows x beams of the grouped requests); the decoder
+  also has ``steps`` (the prompt on the first call, then 1) and ``past`` (cached positions, 0 on the
+  first call). Both run in-process in the decoding model (``whisper_triton.tensorrt_runtime``), which
+  slices batches larger than the profile's maximum.
+
+This machine has no GPU: the tests skip with the reason, and ``python -m build --runtime tensorrt`` says
+what is missing.
 """
 
 from __future__ import annotations
@@ -10,40 +19,77 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from whisper_triton.tensorrt_runtime import TensorRTEngine, TensorRTUnavailable, tensorrt_available
+
+__all__ = [
+    "TensorRTEngine",
+    "TensorRTUnavailable",
+    "create_tensorrt_engine",
+    "profile_ranges",
+    "profile_shapes",
+]
+
 logger = logging.getLogger(__name__)
 
-# (min, opt, max) of the encoder's dynamic axes: requests per batch and 30-second windows per request.
-ENCODER_BATCH = (1, 4, 8)
+# (min, opt, max) of each dynamic axis. The optimum is the common case; the maxima bound engine memory.
+ENCODER_BATCH = (1, 4, 8)  # = ServingSettings.max_batch_size
 ENCODER_WINDOWS = (1, 1, 20)  # 20 windows = the default 600-second request limit
+DECODER_ROWS = (1, 8, 64)  # e.g. 8 requests x 1 window x beam 5 = 40 rows fits in one call
+TEXT_POSITIONS = 448  # Whisper's decoder context (manifest.n_text_ctx); every released model has 448
 
 
-class TensorRTUnavailable(RuntimeError):
-    """TensorRT or a CUDA GPU is missing here."""
+def profile_ranges(graph: str, text_positions: int = TEXT_POSITIONS) -> dict[str, tuple[int, int, int]]:
+    """(min, opt, max) per dynamic axis name of ``graph`` ("encoder", "cross_kv" or "decoder")."""
+    if graph == "encoder":
+        return {"batch": ENCODER_BATCH, "windows": ENCODER_WINDOWS}
+    if graph == "cross_kv":
+        return {"batch": DECODER_ROWS}
+    if graph == "decoder":
+        # The first call feeds the whole prompt (up to the context) with nothing cached; later calls feed
+        # one token over up to text_positions - 1 cached ones.
+        return {
+            "batch": DECODER_ROWS,
+            "steps": (1, 1, text_positions),
+            "past": (0, 64, text_positions - 1),
+        }
+    raise ValueError(f"no TensorRT profile for graph {graph!r}; expected encoder, cross_kv or decoder")
 
 
-def tensorrt_available() -> tuple[bool, str]:
-    """(True, "") when engines can be built here, else (False, why not)."""
-    try:
-        import tensorrt  # noqa: F401
-    except ImportError:
-        return (
-            False,
-            "the tensorrt Python package is not installed (pip install tensorrt, on a machine with an NVIDIA GPU)",
-        )
-    try:
-        import torch
+def profile_shapes(onnx_path: Path, ranges: dict[str, tuple[int, int, int]]) -> dict[str, list[list[int]]]:
+    """[min, opt, max] shapes of every graph input: fixed dims as exported, named dims from ``ranges``."""
+    import onnx
 
-        if not torch.cuda.is_available():
-            return False, "no CUDA GPU is visible (torch.cuda.is_available() is False)"
-    except ImportError:
-        pass
-    return True, ""
+    graph = onnx.load(str(onnx_path), load_external_data=False).graph
+    shapes = {}
+    for tensor in graph.input:
+        triple: list[list[int]] = [[], [], []]
+        for dim in tensor.type.tensor_type.shape.dim:
+            if dim.HasField("dim_value"):
+                values = (dim.dim_value,) * 3
+            elif dim.dim_param in ranges:
+                values = ranges[dim.dim_param]
+            else:
+                raise ValueError(
+                    f"{onnx_path}: input {tensor.name} has dynamic axis {dim.dim_param!r} with no range"
+                )
+            for column, value in zip(triple, values, strict=True):
+                column.append(value)
+        shapes[tensor.name] = triple
+    return shapes
 
 
 def create_tensorrt_engine(
-    onnx_path: str | Path, engine_path: str | Path, precision: str = "fp16", workspace_gb: float = 4.0
+    onnx_path: str | Path,
+    engine_path: str | Path,
+    precision: str = "fp16",
+    workspace_gb: float = 4.0,
+    ranges: dict[str, tuple[int, int, int]] | None = None,
 ) -> Path:
-    """Build and serialise an engine for ``onnx_path``; FP16 kernels where TensorRT finds them faster."""
+    """Build and serialise an engine for ``onnx_path``; FP16 kernels where TensorRT finds them faster.
+
+    ``ranges`` gives (min, opt, max) per dynamic axis name; by default ``profile_ranges`` of the graph
+    the file is named after (encoder.onnx, cross_kv.onnx, decoder.onnx).
+    """
     available, reason = tensorrt_available()
     if not available:
         raise TensorRTUnavailable(f"cannot build a TensorRT engine: {reason}")
@@ -51,6 +97,8 @@ def create_tensorrt_engine(
 
     if precision not in ("fp16", "fp32"):
         raise ValueError(f"TensorRT precision must be fp16 or fp32, got {precision!r}")
+    onnx_path = Path(onnx_path)
+    shapes = profile_shapes(onnx_path, ranges if ranges is not None else profile_ranges(onnx_path.stem))
     trt_logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(trt_logger)
     network = builder.create_network(0)  # explicit batch is the only mode in TensorRT >= 10
@@ -64,10 +112,8 @@ def create_tensorrt_engine(
         config.set_flag(trt.BuilderFlag.FP16)
     profile = builder.create_optimization_profile()
     for index in range(network.num_inputs):
-        tensor = network.get_input(index)
-        fixed = list(tensor.shape[2:])  # [batch, windows, n_mels, frames]: only the first two vary
-        shapes = [[b, w, *fixed] for b, w in zip(ENCODER_BATCH, ENCODER_WINDOWS, strict=True)]
-        profile.set_shape(tensor.name, *shapes)
+        name = network.get_input(index).name
+        profile.set_shape(name, *shapes[name])
     config.add_optimization_profile(profile)
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
@@ -76,43 +122,3 @@ def create_tensorrt_engine(
     engine_path.write_bytes(bytes(serialized))
     logger.info("built TensorRT %s engine %s", precision, engine_path)
     return engine_path
-
-
-class TensorRTEngine:
-    """A deserialised engine with one input and one output, run on CUDA tensors from torch."""
-
-    def __init__(self, engine_path: str | Path):
-        available, reason = tensorrt_available()
-        if not available:
-            raise TensorRTUnavailable(f"cannot run a TensorRT engine: {reason}")
-        import tensorrt as trt
-
-        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
-        self._engine = runtime.deserialize_cuda_engine(Path(engine_path).read_bytes())
-        if self._engine is None:
-            raise RuntimeError(f"TensorRT cannot deserialise {engine_path}")
-        self._context = self._engine.create_execution_context()
-        self._input, self._output = self._engine.get_tensor_name(0), self._engine.get_tensor_name(1)
-
-    def bind(self, features):
-        """Set the input shape and addresses for the CUDA tensor ``features``; returns the output tensor."""
-        import torch
-
-        self._context.set_input_shape(self._input, tuple(features.shape))
-        output = torch.empty(tuple(self._context.get_tensor_shape(self._output)), device=features.device)
-        self._context.set_tensor_address(self._input, features.data_ptr())
-        self._context.set_tensor_address(self._output, output.data_ptr())
-        return output
-
-    def execute(self, stream) -> None:
-        self._context.execute_async_v3(stream.cuda_stream)
-        stream.synchronize()
-
-    def __call__(self, features):
-        """Output for ``features`` (numpy float32, the engine's input layout) as numpy."""
-        import torch
-
-        inputs = torch.from_numpy(features).cuda()
-        output = self.bind(inputs)
-        self.execute(torch.cuda.Stream())
-        return output.float().cpu().numpy()

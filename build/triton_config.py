@@ -44,12 +44,19 @@ def _tensor(message_type, spec: TensorSpec):
 
 
 def _python_model(
-    name: str, inputs, outputs, parameters: dict[str, str], max_batch_size: int, instances: int, settings
+    name: str,
+    inputs,
+    outputs,
+    parameters: dict[str, str],
+    max_batch_size: int,
+    instances: int,
+    settings,
+    kind=mc.ModelInstanceGroup.KIND_CPU,
 ):
     config = mc.ModelConfig(name=name, backend="python", max_batch_size=max_batch_size)
     config.input.extend(_tensor(mc.ModelInput, spec) for spec in inputs)
     config.output.extend(_tensor(mc.ModelOutput, spec) for spec in outputs)
-    config.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=instances))
+    config.instance_group.append(mc.ModelInstanceGroup(kind=kind, count=instances))
     for key, value in parameters.items():
         config.parameters[key].string_value = value
     if max_batch_size > 0:
@@ -101,6 +108,7 @@ def model_configs(manifest: ModelManifest, settings: ServingSettings) -> dict[st
         )
         encoder.instance_group.append(mc.ModelInstanceGroup(kind=kind, count=1))
         encoder.dynamic_batching.max_queue_delay_microseconds = settings.max_queue_delay_us
+    # With TensorRT the decoding model runs its engines on a GPU: Triton gives each instance a device.
     decoder = _python_model(
         contract.DECODER_MODEL,
         contract.decoder_inputs(manifest.n_audio_ctx, manifest.d_model),
@@ -109,6 +117,9 @@ def model_configs(manifest: ModelManifest, settings: ServingSettings) -> dict[st
         settings.max_batch_size,
         1,
         settings,
+        kind=mc.ModelInstanceGroup.KIND_GPU
+        if settings.runtime == "tensorrt"
+        else mc.ModelInstanceGroup.KIND_CPU,
     )
     return {
         contract.FEATURES_MODEL: features,

@@ -50,19 +50,41 @@ class VerificationReport:
 def verify_onnx(
     model, processor, onnx_dir: Path, manifest: ModelManifest, precision: str
 ) -> VerificationReport:
+    """The ONNX graphs in ``onnx_dir``, run with ONNX Runtime, against the PyTorch model."""
+    from whisper_triton.onnx_runtime import OnnxDecoderBackend, OnnxEncoder
+
+    backend = OnnxDecoderBackend(onnx_dir, manifest)
+    return _verify(model, processor, OnnxEncoder(onnx_dir), backend, onnx_dir, manifest, precision, "ONNX")
+
+
+def verify_tensorrt(
+    model, processor, engine_dir: Path, manifest: ModelManifest, precision: str
+) -> VerificationReport:
+    """The TensorRT engines in ``engine_dir`` (encoder, cross_kv, decoder .plan) against the PyTorch model.
+
+    FP16 engines are held to the same rule as fp16 ONNX: identical greedy transcripts.
+    """
+    from whisper_triton.tensorrt_runtime import ENCODER_ENGINE, TensorRTDecoderBackend, TensorRTEncoder
+
+    encoder = TensorRTEncoder(engine_dir / ENCODER_ENGINE)
+    backend = TensorRTDecoderBackend.from_directory(engine_dir, manifest)
+    return _verify(model, processor, encoder, backend, engine_dir, manifest, precision, "TensorRT")
+
+
+def _verify(
+    model, processor, encoder, backend, directory: Path, manifest: ModelManifest, precision: str, label: str
+) -> VerificationReport:
     from build.onnx_export import reference_logits
     from training.metrics import compute_wer
     from training.torch_backend import torch_transcriber
     from whisper_triton.audio import load_audio
     from whisper_triton.corpus import read_manifest, synthesize_corpus
-    from whisper_triton.onnx_runtime import OnnxDecoderBackend, OnnxEncoder
     from whisper_triton.tokenizer import TextTokenizer
     from whisper_triton.transcriber import Transcriber
 
     entries = read_manifest(synthesize_corpus(VERIFY_CORPUS, num_utterances=VERIFY_UTTERANCES, seed=1234))
     audios = [load_audio(entry["audio_filepath"]) for entry in entries]
-    backend = OnnxDecoderBackend(onnx_dir, manifest)
-    ours = Transcriber(OnnxEncoder(onnx_dir), backend, manifest, TextTokenizer(onnx_dir / TOKENIZER_FILE))
+    ours = Transcriber(encoder, backend, manifest, TextTokenizer(directory / TOKENIZER_FILE))
     reference = torch_transcriber(model, processor)
     expected = [t.text for t in reference.transcribe_batch(audios)]
     actual = [t.text for t in ours.transcribe_batch(audios)]
@@ -71,9 +93,8 @@ def verify_onnx(
     features = transcription_features(audios[:1], manifest.n_mels)
     prompt = [manifest.tokens.sot, manifest.tokens.no_timestamps]
     tokens = prompt + processor.tokenizer.encode(" " + expected[0], add_special_tokens=False)
-    states = OnnxEncoder(onnx_dir)(features)
     logits, _ = backend.step(
-        np.asarray([tokens], dtype=np.int64), backend.new_cache(1), backend.cross_attention(states)
+        np.asarray([tokens], dtype=np.int64), backend.new_cache(1), backend.cross_attention(encoder(features))
     )
     diff = float(np.abs(logits[0] - reference_logits(model, features[0], tokens)).max())
 
@@ -83,13 +104,13 @@ def verify_onnx(
         max_logit_diff=diff,
         wer_vs_reference=compute_wer(actual, expected) if any(expected) else 0.0,
     )
-    logger.info("verification (%s): %s", precision, report.summary())
+    logger.info("verification (%s %s): %s", label, precision, report.summary())
     if precision == "int8":
         if report.wer_vs_reference > INT8_MAX_WER:
             raise BuildVerificationError(f"int8 model is too far from PyTorch: {report.summary()}")
     elif report.identical != report.utterances:
         mismatches = [(e, a) for e, a in zip(expected, actual, strict=True) if e != a]
         raise BuildVerificationError(
-            f"ONNX transcripts differ from PyTorch ({report.summary()}): {mismatches}"
+            f"{label} transcripts differ from PyTorch ({report.summary()}): {mismatches}"
         )
     return report

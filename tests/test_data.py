@@ -20,16 +20,13 @@ from training.data import (
     LIBRISPEECH_SPLITS,
     AugmentationConfig,
     DataConfig,
-    DataError,
     SpeechDataset,
-    Utterance,
     create_data_collator,
     create_librispeech_dataloaders,
     hub_speech_dataset,
-    list_utterances,
     load_speech_dataset,
-    read_librispeech_dir,
 )
+from training.utterances import DataError, Utterance, list_utterances, read_librispeech_dir
 from whisper_triton.audio import load_audio
 from whisper_triton.corpus import librispeech_transcript
 from whisper_triton.features import transcription_features
@@ -186,7 +183,7 @@ def test_long_utterances_are_dropped_with_a_counted_warning(corpus_entries, capl
     durations = sorted(e["duration"] for e in corpus_entries)
     limit = durations[len(durations) // 2]  # about half the corpus is longer
     expected = sum(d <= limit for d in durations)
-    with caplog.at_level(logging.WARNING, logger="training.data"):
+    with caplog.at_level(logging.WARNING, logger="training.utterances"):
         dataset = load_speech_dataset(str(CORPUS_DIR), DataConfig(max_duration_s=limit))
     assert len(dataset) == expected
     assert f"dropped {len(durations) - expected} of {len(durations)} utterances longer than" in caplog.text

@@ -30,7 +30,7 @@ _EXPORTS = {
     "SpeechTrainer": "training.trainer",
     "DataConfig": "training.data",
     "AugmentationConfig": "training.data",
-    "DataError": "training.data",
+    "DataError": "training.utterances",
     "SpeechDataset": "training.data",
     "load_speech_dataset": "training.data",
     "create_librispeech_dataloaders": "training.data",

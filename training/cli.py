@@ -24,7 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from training.arguments import SpeechTrainingArguments, TrainingArgumentsError, documented, field_help
-from training.data import DataConfig, DataError
+from training.data import DataConfig
+from training.utterances import DataError
 
 CONFIG_FILE = "train_config.json"  # the resolved configuration of a run, written into its output_dir
 SECTIONS = ("model", "data", "training")

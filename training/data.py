@@ -1,4 +1,4 @@
-"""Speech data for fine-tuning: utterance lists, a Dataset that loads and augments audio, the collator.
+"""Speech data for fine-tuning: where a split comes from, a Dataset that loads and augments audio, the collator.
 
 Where a split comes from (``load_speech_dataset``), first match wins:
 
@@ -9,9 +9,8 @@ Where a split comes from (``load_speech_dataset``), first match wins:
 3. ``split`` is a LibriSpeech split name (``train-clean-100``, ``dev-clean``, ...): the Hugging Face hub
    dataset ``openslr/librispeech_asr``, unless ``HF_HUB_OFFLINE`` is set.
 
-A folder holding ``manifest.jsonl`` (as ``whisper_triton.corpus`` writes) is read through the manifest,
-whose text keeps its case and punctuation; LibriSpeech's own transcripts are upper case without
-punctuation (``DataConfig.lowercase`` lower-cases them).
+Local folders and manifests are read by ``training.utterances``. LibriSpeech's own transcripts are upper
+case without punctuation (``DataConfig.lowercase`` lower-cases them).
 
 Whisper sees one 30-second window, so longer utterances are dropped (their transcript would not match
 the audio the encoder sees) and label sequences are cut to the decoder's 448 positions; both are logged
@@ -20,16 +19,13 @@ as warnings with counts. Missing audio files and empty transcripts are errors th
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import io
-import json
 import logging
 import os
 import socket
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -38,6 +34,14 @@ import torch
 
 from training.arguments import documented
 from training.model_config import MAX_TARGET_POSITIONS
+from training.utterances import (
+    DataError,
+    Utterance,
+    filter_by_duration,
+    list_utterances,
+    load_utterance_audio,
+    resolve_local_split,
+)
 from whisper_triton.audio import AudioError, load_audio
 from whisper_triton.constants import CHUNK_LENGTH, SAMPLE_RATE
 from whisper_triton.features import transcription_features
@@ -55,32 +59,6 @@ LIBRISPEECH_SPLITS = {
     "test-clean": ("clean", "test"),
     "test-other": ("other", "test"),
 }
-AUDIO_EXTENSIONS = (
-    ".flac",
-    ".wav",
-    ".mp3",
-    ".ogg",
-    ".opus",
-    ".m4a",
-)  # tried in this order next to a transcript
-MANIFEST_NAME = "manifest.jsonl"
-# Column names accepted in manifests: ours / NeMo ("audio_filepath"), common CSV exports, Common Voice.
-PATH_KEYS = ("audio_filepath", "path", "audio", "file", "filename")
-TEXT_KEYS = ("text", "transcript", "transcription", "sentence")
-
-
-class DataError(ValueError):
-    """Unusable training or evaluation data; the message names the file (and line) at fault."""
-
-
-@dataclass(frozen=True)
-class Utterance:
-    """One (audio file, transcript) pair."""
-
-    id: str
-    audio_filepath: str
-    text: str
-    duration: float | None = None  # seconds; None until measured
 
 
 @dataclass(frozen=True)
@@ -199,153 +177,6 @@ class DataConfig:
         return dataclasses.asdict(self)
 
 
-# ---- listing utterances ----
-
-
-def read_librispeech_dir(root: str | os.PathLike) -> list[Utterance]:
-    """Every utterance under ``root`` in LibriSpeech layout; through ``manifest.jsonl`` when one is there."""
-    root = Path(root)
-    if (root / MANIFEST_NAME).is_file():
-        return read_manifest_file(root / MANIFEST_NAME)
-    transcripts = sorted(root.rglob("*.trans.txt"))
-    if not transcripts:
-        raise DataError(f"{root} holds no LibriSpeech transcripts (*.trans.txt) and no {MANIFEST_NAME}")
-    utterances = []
-    for trans in transcripts:
-        for number, line in enumerate(trans.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            utt_id, _, text = line.strip().partition(" ")
-            where = f"{trans} line {number}"
-            if not text.strip():
-                raise DataError(f"{where}: empty transcript for {utt_id}")
-            audio = next(
-                (
-                    trans.parent / (utt_id + ext)
-                    for ext in AUDIO_EXTENSIONS
-                    if (trans.parent / (utt_id + ext)).is_file()
-                ),
-                None,
-            )
-            if audio is None:
-                raise DataError(
-                    f"{where}: no audio file for {utt_id} ({utt_id}.flac or {'/'.join(AUDIO_EXTENSIONS)})"
-                )
-            utterances.append(Utterance(utt_id, str(audio), text.strip()))
-    return utterances
-
-
-def read_manifest_file(path: str | os.PathLike) -> list[Utterance]:
-    """A JSONL (one object per line) or CSV (header row) manifest; relative paths are from its folder."""
-    path = Path(path)
-    if path.suffix.lower() == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            reader = csv.DictReader(handle)
-            rows = [(reader.line_num, row) for row in reader]
-    else:
-        rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if line.strip():
-                try:
-                    rows.append((number, json.loads(line)))
-                except json.JSONDecodeError as error:
-                    raise DataError(f"{path} line {number}: invalid JSON ({error})") from None
-    return [_manifest_row(path, number, row) for number, row in rows]
-
-
-def _manifest_row(manifest: Path, number: int, row: Any) -> Utterance:
-    where = f"{manifest} line {number}"
-    if not isinstance(row, dict):
-        raise DataError(f"{where}: expected an object with an audio path and a text")
-    path_key = next((key for key in PATH_KEYS if isinstance(row.get(key), str)), None)
-    text_key = next((key for key in TEXT_KEYS if key in row), None)
-    if path_key is None or text_key is None:
-        raise DataError(
-            f"{where}: needs an audio path ({' or '.join(PATH_KEYS)}) and a text ({' or '.join(TEXT_KEYS)})"
-        )
-    audio = Path(row[path_key]).expanduser()
-    audio = audio if audio.is_absolute() else manifest.resolve().parent / audio
-    utt_id = str(row.get("id") or audio.stem)
-    text = row[text_key]
-    if not isinstance(text, str) or not text.strip():
-        raise DataError(f"{where}: empty transcript for {utt_id}")
-    if not audio.is_file():
-        raise DataError(f"{where}: audio file {audio} does not exist")
-    duration = row.get("duration")
-    duration = float(duration) if duration not in (None, "") else None
-    return Utterance(utt_id, str(audio), text.strip(), duration)
-
-
-def list_utterances(source: str | os.PathLike) -> list[Utterance]:
-    """The utterances of a LibriSpeech-layout folder or a manifest file."""
-    source = Path(source)
-    if source.is_dir():
-        return read_librispeech_dir(source)
-    if source.is_file():
-        return read_manifest_file(source)
-    raise DataError(f"{source} does not exist")
-
-
-def resolve_local_split(split: str, data_dir: str | os.PathLike | None) -> Path | None:
-    """The folder or manifest that holds ``split`` locally, or None if there is none."""
-    if Path(split).expanduser().exists():
-        return Path(split).expanduser()
-    if data_dir is None:
-        return None
-    root = Path(data_dir).expanduser()
-    for candidate in (
-        root / split,
-        root / "LibriSpeech" / split,
-        root / f"{split}.jsonl",
-        root / f"{split}.csv",
-    ):
-        if candidate.exists():
-            return candidate
-    return None
-
-
-def _with_durations(utterances: list[Utterance]) -> list[Utterance]:
-    """Fill in missing durations from the file headers (decoding only what soundfile cannot read)."""
-    result = []
-    for utt in utterances:
-        if utt.duration is None:
-            try:
-                duration = sf.info(utt.audio_filepath).duration
-            except (RuntimeError, sf.LibsndfileError):  # mp3/m4a/...: decode it
-                duration = len(_load(utt.audio_filepath)) / SAMPLE_RATE
-            utt = dataclasses.replace(utt, duration=duration)
-        result.append(utt)
-    return result
-
-
-def filter_by_duration(utterances: list[Utterance], max_duration_s: float, name: str) -> list[Utterance]:
-    """Drop utterances longer than ``max_duration_s``, with a warning that counts them."""
-    utterances = _with_durations(utterances)
-    kept = [utt for utt in utterances if utt.duration <= max_duration_s]
-    if len(kept) < len(utterances):
-        longest = max(utt.duration for utt in utterances)
-        logger.warning(
-            "%s: dropped %d of %d utterances longer than %.1f s (longest %.1f s); Whisper encodes one %d-second "
-            "window, so their transcripts would not match what the model hears",
-            name,
-            len(utterances) - len(kept),
-            len(utterances),
-            max_duration_s,
-            longest,
-            CHUNK_LENGTH,
-        )
-    if not kept:
-        raise DataError(f"{name}: no utterance of at most {max_duration_s} s")
-    return kept
-
-
-def _load(path: str) -> np.ndarray:
-    try:
-        return load_audio(path)
-    except AudioError as error:
-        raise DataError(str(error)) from error
-
-
 # ---- datasets ----
 
 
@@ -376,7 +207,7 @@ class SpeechDataset(torch.utils.data.Dataset):
 
     def _read(self, index: int) -> tuple[str, np.ndarray, str]:
         utt = self.utterances[index]
-        return utt.id, _load(utt.audio_filepath), utt.text
+        return utt.id, load_utterance_audio(utt.audio_filepath), utt.text
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         utt_id, audio, text = self._read(index)

@@ -1,4 +1,8 @@
-"""Triton model `whisper_decoder`: greedy/beam search in-process over the ONNX decoder with its KV cache."""
+"""Triton model `whisper_decoder`: greedy/beam search in-process over the decoder with its KV cache.
+
+The decoder runs with ONNX Runtime (cross_kv.onnx, decoder.onnx), or as TensorRT engines on this
+instance's GPU when the build put cross_kv.plan and decoder.plan here (--runtime tensorrt).
+"""
 
 # ruff: noqa: E402 -- the imports after the environment snippet need sys.path set first
 import json
@@ -21,6 +25,7 @@ from whisper_triton.manifest import TOKENIZER_FILE, ModelManifest
 from whisper_triton.onnx_runtime import OnnxDecoderBackend
 from whisper_triton.options import DecodingOptions
 from whisper_triton.serving import response_json
+from whisper_triton.tensorrt_runtime import DECODER_ENGINE
 from whisper_triton.tokenizer import TextTokenizer
 
 
@@ -31,7 +36,13 @@ class TritonPythonModel:
         directory = pathlib.Path(__file__).parent
         self.manifest = ModelManifest.load(directory)
         self.tokenizer = TextTokenizer(directory / TOKENIZER_FILE)
-        self.backend = OnnxDecoderBackend(directory, self.manifest, threads=threads)
+        if (directory / DECODER_ENGINE).is_file():
+            from whisper_triton.tensorrt_runtime import TensorRTDecoderBackend
+
+            device = int(args.get("model_instance_device_id") or 0)
+            self.backend = TensorRTDecoderBackend.from_directory(directory, self.manifest, device=device)
+        else:
+            self.backend = OnnxDecoderBackend(directory, self.manifest, threads=threads)
 
     def execute(self, requests):
         # Requests with the same options are decoded together: all their windows step through the
