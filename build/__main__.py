@@ -52,7 +52,6 @@ def main(argv=None) -> int:
 
     from build.repository import build_model_repository
     from build.verify import BuildVerificationError
-    from training.modeling import ModelLoadError
     from whisper_triton.tensorrt_runtime import TensorRTUnavailable
 
     started = time.perf_counter()
@@ -66,9 +65,9 @@ def main(argv=None) -> int:
         result = build_model_repository(
             args.model, args.output, args.precision, settings, verify=not args.skip_verify
         )
-    except (ValueError, ModelLoadError, TensorRTUnavailable, BuildVerificationError) as error:
-        # What the user can fix (options, model path, missing GPU, a model that does not export
-        # faithfully): the message alone, not a traceback.
+    except (ValueError, TensorRTUnavailable, BuildVerificationError) as error:
+        # What the user can fix (options, model path: ModelLoadError is a ValueError, missing GPU, a
+        # model that does not export faithfully): the message alone, not a traceback.
         print(f"python -m build: error: {error}", file=sys.stderr)
         return 2
     print(f"{result.repository}: {result.report.summary()} ({time.perf_counter() - started:.0f} s)")

@@ -15,6 +15,32 @@ CORPUS_SIZE = 40  # enough utterances that 95% agreement means at most 2 differe
 CORPUS_SEED = 0
 
 
+def two_step_training_config(output_dir: Path, model: dict, **training) -> dict:
+    """A `python -m training train` config: 2 steps on 4 corpus utterances, evaluation on 2.
+
+    ``training`` overrides or adds training arguments (the learning rate, generation length, ...).
+    """
+    return {
+        "model": model,
+        "data": {
+            "train_split": str(CORPUS_DIR),
+            "eval_split": str(CORPUS_DIR),
+            "max_train_samples": 4,
+            "max_eval_samples": 2,
+        },
+        "training": {
+            "output_dir": str(output_dir),
+            "max_steps": 2,
+            "per_device_train_batch_size": 2,
+            "eval_steps": 2,
+            "save_steps": 2,
+            "logging_steps": 1,
+            "report_to": ["none"],
+            **training,
+        },
+    }
+
+
 @pytest.fixture(scope="session")
 def corpus_entries() -> list[dict]:
     """The test corpus: Piper and espeak-ng sentences in LibriSpeech layout, as manifest entries."""

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from tests.conftest import CORPUS_DIR, REPO_ROOT
+from tests.conftest import REPO_ROOT, two_step_training_config
 
 
 @pytest.mark.slow
@@ -21,26 +21,9 @@ def test_training_checkpoint_builds_and_serves_like_pytorch(tmp_path, tiny_en, c
     from training.modeling import create_whisper_model_and_processor
     from training.torch_backend import torch_transcriber
 
-    config = {
-        "model": {"name_or_path": "tiny.en"},
-        "data": {
-            "train_split": str(CORPUS_DIR),
-            "eval_split": str(CORPUS_DIR),
-            "max_train_samples": 4,
-            "max_eval_samples": 2,
-        },
-        "training": {
-            "output_dir": str(tmp_path / "run"),
-            "max_steps": 2,
-            "per_device_train_batch_size": 2,
-            "learning_rate": 1e-4,
-            "eval_steps": 2,
-            "save_steps": 2,
-            "logging_steps": 1,
-            "generation_max_length": 40,
-            "report_to": ["none"],
-        },
-    }
+    config = two_step_training_config(
+        tmp_path / "run", {"name_or_path": "tiny.en"}, learning_rate=1e-4, generation_max_length=40
+    )
     (tmp_path / "train.json").write_text(json.dumps(config))
     trained = subprocess.run(
         [sys.executable, "-m", "training", "--config", str(tmp_path / "train.json"), "--disable-tqdm"],

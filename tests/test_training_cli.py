@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.conftest import CORPUS_DIR, REPO_ROOT
+from tests.conftest import CORPUS_DIR, REPO_ROOT, two_step_training_config
 from training.arguments import SpeechTrainingArguments
 from training.cli import FLAG_NAMES, NO_FLAG, SECTION_CLASSES, main
 
@@ -39,27 +39,10 @@ def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
 
 def _config(tmp_path, **training) -> dict:
     (tmp_path / "architecture.json").write_text(json.dumps(TINY_ARCHITECTURE))
-    return {
-        "model": {"name_or_path": "tiny.en", "custom_config": str(tmp_path / "architecture.json")},
-        "data": {
-            "train_split": str(CORPUS_DIR),
-            "eval_split": str(CORPUS_DIR),
-            "max_train_samples": 4,
-            "max_eval_samples": 2,
-        },
-        "training": {
-            "output_dir": str(tmp_path / "run"),
-            "max_steps": 2,
-            "per_device_train_batch_size": 2,
-            "learning_rate": 1e-3,
-            "eval_steps": 2,
-            "save_steps": 2,
-            "logging_steps": 1,
-            "generation_max_length": 10,
-            "report_to": ["none"],
-            **training,
-        },
-    }
+    model = {"name_or_path": "tiny.en", "custom_config": str(tmp_path / "architecture.json")}
+    return two_step_training_config(
+        tmp_path / "run", model, **{"learning_rate": 1e-3, "generation_max_length": 10, **training}
+    )
 
 
 @pytest.mark.slow

@@ -217,24 +217,12 @@ def test_environment_snippet_is_lint_clean(tmp_path):
 # -- the server ---------------------------------------------------------------------------------------------
 
 
-def _grpc_inputs(audio: np.ndarray, options: bytes | None):
-    import tritonclient.grpc as grpcclient
-
-    inputs = [grpcclient.InferInput("AUDIO", [1, audio.size], "FP32")]
+def _inputs(protocol, audio: np.ndarray, options: bytes | None):
+    """AUDIO (and OPTIONS) for the probe model; ``protocol`` is tritonclient.grpc or tritonclient.http."""
+    inputs = [protocol.InferInput("AUDIO", [1, audio.size], "FP32")]
     inputs[0].set_data_from_numpy(audio.reshape(1, -1))
     if options is not None:
-        inputs.append(grpcclient.InferInput("OPTIONS", [1, 1], "BYTES"))
-        inputs[1].set_data_from_numpy(np.array([[options]], dtype=np.object_))
-    return inputs
-
-
-def _http_inputs(audio: np.ndarray, options: bytes | None):
-    import tritonclient.http as httpclient
-
-    inputs = [httpclient.InferInput("AUDIO", [1, audio.size], "FP32")]
-    inputs[0].set_data_from_numpy(audio.reshape(1, -1))
-    if options is not None:
-        inputs.append(httpclient.InferInput("OPTIONS", [1, 1], "BYTES"))
+        inputs.append(protocol.InferInput("OPTIONS", [1, 1], "BYTES"))
         inputs[1].set_data_from_numpy(np.array([[options]], dtype=np.object_))
     return inputs
 
@@ -254,7 +242,7 @@ def test_grpc_good_and_bad_requests_in_one_batch(server, runtime):
     for tag, options in (("good", b'{"beam_size": 5}'), ("bad", b"not json")):
         client.async_infer(
             "probe",
-            _grpc_inputs(AUDIO, options),
+            _inputs(grpcclient, AUDIO, options),
             lambda result, error, tag=tag: answers.put((tag, result, error)),
         )
     received = {tag: (result, error) for tag, result, error in (answers.get(timeout=30) for _ in range(2))}
@@ -277,13 +265,13 @@ def test_http_good_and_bad_requests_and_the_optional_input(server):
     from tritonclient.utils import InferenceServerException
 
     client = httpclient.InferenceServerClient(server.url_http, concurrency=2)
-    good = client.async_infer("probe", _http_inputs(AUDIO, b'{"language": "en"}'))
-    bad = client.async_infer("probe", _http_inputs(AUDIO, b"[1, 2]"))
+    good = client.async_infer("probe", _inputs(httpclient, AUDIO, b'{"language": "en"}'))
+    bad = client.async_infer("probe", _inputs(httpclient, AUDIO, b"[1, 2]"))
     assert _result(good.get_result())["options"] == {"language": "en"}
     with pytest.raises(InferenceServerException, match="bad OPTIONS: not a JSON object"):
         bad.get_result()
     # OPTIONS is optional: a request without it gets the defaults.
-    without = _result(client.infer("probe", _http_inputs(AUDIO, None)))
+    without = _result(client.infer("probe", _inputs(httpclient, AUDIO, None)))
     assert without["options"] == {} and without["samples"] == AUDIO.size
     assert client.is_model_ready("probe") and not client.is_model_ready("probe-broken")
     client.close()
