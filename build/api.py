@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from build.onnx_export import ExportedModel, export_onnx_models
-from build.optimize import optimize_onnx_model
-from build.tensorrt import create_tensorrt_engine
+from whisper_triton.build.onnx_export import ExportedModel, export_onnx_models
+from whisper_triton.build.optimize import optimize_onnx_model
+from whisper_triton.build.tensorrt import create_tensorrt_engine
 
 __all__ = [
     "apply_dynamic_quantization",
@@ -143,7 +143,7 @@ def benchmark_tensorrt_engine(
     """TensorRT engine latency (needs a CUDA GPU, tensorrt and torch with CUDA)."""
     import torch
 
-    from build.tensorrt import TensorRTEngine
+    from whisper_triton.build.tensorrt import TensorRTEngine
 
     engine = TensorRTEngine(engine_path)
     engine.bind({engine.inputs[0]: torch.from_numpy(_features(input_shape)).cuda()})

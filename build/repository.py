@@ -1,12 +1,15 @@
 """Checkpoint -> ONNX (-> int8 / TensorRT) -> verified -> a complete Triton model repository.
 
 Layout written to ``output``:
-    environment.json                 sys.path of the CPU server's Python models (build.triton_runtime)
+    requirements.txt                 the third-party packages the models import (the `serve` extra)
     whisper/config.pbtxt             the ensemble clients call
     whisper_features/{config.pbtxt, 1/model.py}
     whisper_encoder/{config.pbtxt, 1/model.py + encoder.onnx | 1/model.onnx | 1/model.plan}
     whisper_decoder/{config.pbtxt, 1/model.py, cross_kv.onnx + decoder.onnx | cross_kv.plan + decoder.plan,
                      manifest.json, tokenizer.json}
+and next to every model.py: ``_whisper_triton_paths.py`` and a copy of the ``whisper_triton`` core
+package. The repository names no path of the build host: move it anywhere (another machine, NVIDIA's
+container) and it runs, with the code it was verified with.
 
 ``--runtime tensorrt`` builds its three engines from the exported graphs as they are, not from ONNX
 Runtime's optimised ones: those contain ONNX Runtime's own fused ops (com.microsoft BiasGelu,
@@ -21,8 +24,15 @@ import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from build import onnx_export
-from build.optimize import (
+from whisper_triton import contract
+from whisper_triton.build import onnx_export
+from whisper_triton.build.model_code import (
+    PATHS_MODULE,
+    SOURCE_REPOSITORY,
+    copy_model_code,
+    write_requirements,
+)
+from whisper_triton.build.optimize import (
     INT8_FLOAT_DECODER,
     INT8_FLOAT_ENCODER,
     PRECISIONS,
@@ -30,9 +40,8 @@ from build.optimize import (
     quantize_onnx_int8,
     quantize_onnx_weights_int8,
 )
-from build.triton_config import ServingSettings, model_configs, write_config
-from build.verify import VerificationReport, verify_onnx, verify_tensorrt
-from whisper_triton import contract
+from whisper_triton.build.triton_config import ServingSettings, model_configs, write_config
+from whisper_triton.build.verify import VerificationReport, verify_onnx, verify_tensorrt
 from whisper_triton.manifest import TOKENIZER_FILE, manifest_from_model
 from whisper_triton.tensorrt_runtime import (
     CROSS_KV_ENGINE,
@@ -43,8 +52,6 @@ from whisper_triton.tensorrt_runtime import (
 )
 
 logger = logging.getLogger(__name__)
-
-SOURCE_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"  # the model.py sources
 
 
 @dataclass(frozen=True)
@@ -102,14 +109,13 @@ def build_model_repository(
         if settings.runtime == "tensorrt":
             report = _build_engines(exported, onnx_dir, precision, model, processor, manifest, verify)
         _lay_out(onnx_dir, output, manifest, settings)
-    _write_environment(output)
     logger.info("model repository ready in %s (%s, %s)", output, settings.runtime, precision)
     return BuildResult(output, report)
 
 
 def _build_engines(exported, onnx_dir: Path, precision, model, processor, manifest, verify: bool):
     """encoder/cross_kv/decoder .plan next to the ONNX files, checked against PyTorch like the ONNX ones."""
-    from build.tensorrt import create_tensorrt_engine
+    from whisper_triton.build.tensorrt import create_tensorrt_engine
 
     for source, engine in (
         (exported.encoder, ENCODER_ENGINE),
@@ -126,9 +132,10 @@ def _lay_out(onnx_dir: Path, output: Path, manifest, settings: ServingSettings) 
     configs = model_configs(manifest, settings)
     for name, config in configs.items():
         write_config(config, output / name)
+    write_requirements(output)
     (output / contract.ENSEMBLE_MODEL / "1").mkdir(exist_ok=True)  # Triton needs a version, even an empty one
-    _copy_model_code(contract.FEATURES_MODEL, output)
-    _copy_model_code(contract.DECODER_MODEL, output)
+    copy_model_code(contract.FEATURES_MODEL, output)
+    copy_model_code(contract.DECODER_MODEL, output)
     decoder_version = output / contract.DECODER_MODEL / "1"
     graphs = (onnx_export.CROSS_KV_FILE, onnx_export.DECODER_FILE)
     engines = (CROSS_KV_ENGINE, DECODER_ENGINE)
@@ -143,26 +150,13 @@ def _lay_out(onnx_dir: Path, output: Path, manifest, settings: ServingSettings) 
     for stale in ("model.onnx", "model.plan", onnx_export.ENCODER_FILE):
         (encoder_version / stale).unlink(missing_ok=True)
     if settings.runtime != "python" and output.resolve() != SOURCE_REPOSITORY.resolve():
-        (encoder_version / "model.py").unlink(missing_ok=True)
+        (encoder_version / "model.py").unlink(missing_ok=True)  # a backend model, not a Python one now
+        (encoder_version / PATHS_MODULE).unlink(missing_ok=True)
+        shutil.rmtree(encoder_version / "whisper_triton", ignore_errors=True)
     if settings.runtime == "python":
-        _copy_model_code(contract.ENCODER_MODEL, output)
+        copy_model_code(contract.ENCODER_MODEL, output)
         shutil.copy2(onnx_dir / onnx_export.ENCODER_FILE, encoder_version / onnx_export.ENCODER_FILE)
     elif settings.runtime == "onnxruntime":
         shutil.copy2(onnx_dir / onnx_export.ENCODER_FILE, encoder_version / "model.onnx")
     else:
         shutil.copy2(onnx_dir / ENCODER_ENGINE, encoder_version / "model.plan")
-
-
-def _copy_model_code(name: str, output: Path) -> None:
-    source = SOURCE_REPOSITORY / name / "1" / "model.py"
-    target = output / name / "1" / "model.py"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    if source.resolve() != target.resolve():
-        shutil.copy2(source, target)
-
-
-def _write_environment(output: Path) -> None:
-    """environment.json for the CPU server's Python models (see build.triton_runtime)."""
-    from build.triton_runtime import prepare_triton_runtime, write_environment_file
-
-    write_environment_file(output, prepare_triton_runtime())

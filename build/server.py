@@ -1,12 +1,12 @@
 """Start and stop a real ``tritonserver`` for a model repository: for tests, demos and ``make serve``.
 
-:class:`TritonServer` runs the CPU server prepared by :mod:`build.triton_runtime` in its own process group
-(so that stopping it also stops the Python-backend stub processes it forked), on free loopback ports
+:class:`TritonServer` runs the CPU server prepared by :mod:`whisper_triton.build.triton_runtime` in its own
+process group (so that stopping it also stops the Python-backend stub processes it forked), on free loopback ports
 unless told otherwise, with its output in a log file, and waits until ``/v2/health/ready`` answers. When
 the server dies or is not ready in time, :class:`TritonServerError` carries the end of the log and each
 model's load error, which is where the real cause is.
 
-``python -m build.server --model-repository DIR`` (``make serve``) runs it in the foreground, printing the
+``whisper-triton serve --model-repository DIR`` (``make serve``) runs it in the foreground, printing the
 server log, until Ctrl-C.
 """
 
@@ -27,12 +27,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Literal
 
-from build.triton_runtime import (
-    TritonRuntime,
-    TritonRuntimeError,
-    prepare_triton_runtime,
-    write_environment_file,
-)
+from whisper_triton.build.triton_runtime import TritonRuntime, TritonRuntimeError, prepare_triton_runtime
 
 ModelControlMode = Literal["none", "explicit"]
 POLL_INTERVAL_S = 0.1
@@ -81,9 +76,8 @@ class TritonServer:
     ``host`` is the address the server binds (``0.0.0.0`` for every interface); the ``url_*`` properties
     always point at a loopback address when ``host`` is a wildcard.
 
-    Before starting, ``environment.json`` in the model repository is (re)written for the runtime this
-    server uses, so that the models' :data:`~build.triton_runtime.ENVIRONMENT_SNIPPET` finds that runtime's
-    site directory.
+    The server reads the repository as it is (it may be read-only); its models import their third-party
+    packages from ``runtime.python_path`` (this interpreter's environment by default).
     """
 
     def __init__(
@@ -167,10 +161,9 @@ class TritonServer:
             raise TritonServerError(f"model repository {self.model_repository} is not a directory")
         if self.runtime is None:
             self.runtime = prepare_triton_runtime()
-        write_environment_file(self.model_repository, self.runtime)
         self._choose_ports()
         if self.log_path is None:
-            logs = self.runtime.backend_directory.parent / "logs"  # .cache/triton/logs
+            logs = self.runtime.backend_directory.parent / "logs"  # <cache>/triton/logs
             self.log_path = logs / f"tritonserver-{self.ports['http']}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = open(self.log_path, "wb")
@@ -333,15 +326,19 @@ def _follow(server: TritonServer) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m build.server", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="whisper-triton serve", description=__doc__.split("\n")[0])
     parser.add_argument("--model-repository", type=Path, required=True)
-    parser.add_argument("--host", default="0.0.0.0", help="address to bind (%(default)s: every interface)")
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to bind (default %(default)s: this machine only; 0.0.0.0 for every interface)",
+    )
     parser.add_argument("--http-port", type=int, default=8000)
     parser.add_argument("--grpc-port", type=int, default=8001)
     parser.add_argument("--metrics-port", type=int, default=8002)
     parser.add_argument("--model-control-mode", choices=("none", "explicit"), default="none")
     parser.add_argument("--load-model", action="append", default=[], help="with explicit mode; repeatable")
-    parser.add_argument("--log-file", type=Path, help="default: .cache/triton/logs/tritonserver-PORT.log")
+    parser.add_argument("--log-file", type=Path, help="default: <cache>/triton/logs/tritonserver-PORT.log")
     parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds (%(default)s)")
     args = parser.parse_args(argv)
     # Ctrl-C and SIGTERM (docker stop, kill) both stop the server through KeyboardInterrupt; SIGINT is set

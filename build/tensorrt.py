@@ -1,7 +1,7 @@
 """TensorRT FP16 engines from the exported ONNX graphs (needs an NVIDIA GPU and the tensorrt package).
 
 Each graph gets one optimisation profile over its dynamic axes, by the axis names the ONNX export gave
-them (``build.onnx_export``):
+them (``whisper_triton.build.onnx_export``):
 
 - encoder: ``batch`` (requests the dynamic batcher groups) x ``windows`` (30-s windows per request); served
   by Triton's ``tensorrt_plan`` backend.
@@ -10,7 +10,7 @@ them (``build.onnx_export``):
   first call). Both run in-process in the decoding model (``whisper_triton.tensorrt_runtime``), which
   slices batches larger than the profile's maximum.
 
-This machine has no GPU: the tests skip with the reason, and ``python -m build --runtime tensorrt`` says
+This machine has no GPU: the tests skip with the reason, and ``whisper-triton build --runtime tensorrt`` says
 what is missing.
 """
 

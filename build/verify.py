@@ -15,12 +15,13 @@ import numpy as np
 
 from whisper_triton.features import transcription_features
 from whisper_triton.manifest import TOKENIZER_FILE, ModelManifest
+from whisper_triton.paths import cache_dir
 
 logger = logging.getLogger(__name__)
 
 VERIFY_UTTERANCES = 4
 INT8_MAX_WER = 0.10  # int8 may change a few words; more than 10% WER means a broken quantisation
-VERIFY_CORPUS = Path(__file__).resolve().parent.parent / ".cache" / "build-verify"
+VERIFY_CORPUS = cache_dir("build-verify")
 
 
 class BuildVerificationError(RuntimeError):
@@ -74,10 +75,10 @@ def verify_tensorrt(
 def _verify(
     model, processor, encoder, backend, directory: Path, manifest: ModelManifest, precision: str, label: str
 ) -> VerificationReport:
-    from build.onnx_export import reference_logits
     from training.metrics import compute_wer
     from training.torch_backend import torch_transcriber
     from whisper_triton.audio import load_audio
+    from whisper_triton.build.onnx_export import reference_logits
     from whisper_triton.corpus import read_manifest, synthesize_corpus
     from whisper_triton.tokenizer import TextTokenizer
     from whisper_triton.transcriber import Transcriber

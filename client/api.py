@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 
 from whisper_triton import contract
-from whisper_triton.audio import load_audio
 from whisper_triton.options import DecodingOptions
 
 
@@ -41,11 +40,15 @@ class WhisperClient:
     def transcribe(
         self, audio: np.ndarray | str | Path | bytes, options: DecodingOptions | dict | None = None
     ) -> Transcription:
-        """Transcribe 16 kHz float32 PCM, an audio file path, or encoded file bytes."""
+        """Transcribe 16 kHz float32 PCM, an audio file path, or encoded file bytes.
+
+        Files travel as they are (``AUDIO_BYTES``: a 10-minute FLAC is ~10 MB, its PCM 38 MB) and the
+        server decodes them, so the client needs no audio decoder.
+        """
         if isinstance(options, dict):
             options = DecodingOptions.from_dict(options)  # reject bad options before sending anything
         if isinstance(audio, (str, Path)):
-            audio = load_audio(audio)
+            audio = Path(audio).read_bytes()
         inputs = []
         if isinstance(audio, (bytes, bytearray)):
             tensor = self._module.InferInput(contract.AUDIO_BYTES, [1], "BYTES")

@@ -8,16 +8,18 @@ Where the binary comes from: the ``tritonclient==2.50.0`` manylinux wheel ships 
 (newer tritonclient wheels need a newer glibc than this Debian has). It is linked against
 ``libcudart.so.12`` even when it only talks to a CPU server, so the CUDA runtime comes from the
 ``nvidia-cuda-runtime-cu12`` wheel, and against ``libb64.so.0d`` (Debian's ``libb64-0d``). Both wheels are
-only unpacked under ``.cache/perf_analyzer`` -- never installed -- so the client library keeps the newer
-tritonclient from pyproject.toml. ``make setup`` runs ``python -m client.perf_analyzer install``.
+only unpacked under ``<cache>/perf_analyzer`` -- never installed -- so the client library keeps the newer
+tritonclient from pyproject.toml. ``make setup`` runs ``whisper-triton perf --install``.
 """
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -28,12 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
-from build.triton_runtime import missing_libraries
 from whisper_triton import contract
 from whisper_triton.constants import SAMPLE_RATE
+from whisper_triton.native import missing_libraries
+from whisper_triton.paths import cache_dir
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_ROOT = REPO_ROOT / ".cache" / "perf_analyzer"
+DEFAULT_ROOT = cache_dir("perf_analyzer")
 PERF_ANALYZER_WHEEL = "tritonclient==2.50.0"
 CUDA_RUNTIME_WHEEL = "nvidia-cuda-runtime-cu12"
 BINARY_IN_WHEEL = "tritonclient-2.50.0.data/data/bin/perf_analyzer"
@@ -107,12 +109,21 @@ def find(root: Path = DEFAULT_ROOT) -> PerfAnalyzer:
     return tool
 
 
-def write_input_data(audios: Sequence[np.ndarray], path: Path) -> Path:
+Clip = np.ndarray | bytes  # 16 kHz float32 PCM (sent as AUDIO), or an encoded file (sent as AUDIO_BYTES)
+
+
+def write_input_data(clips: Sequence[Clip], path: Path) -> Path:
     """perf_analyzer's --input-data JSON: one request per clip, cycled through in order."""
-    data = [
-        {contract.AUDIO: {"content": np.asarray(a, np.float32).round(6).tolist(), "shape": [len(a)]}}
-        for a in audios
-    ]
+    data = []
+    for clip in clips:
+        if isinstance(clip, (bytes, bytearray)):
+            # perf_analyzer's "b64" is the tensor's raw buffer: for BYTES, Triton's serialisation, each
+            # element prefixed with its length (4 bytes, little-endian).
+            raw = struct.pack("<I", len(clip)) + bytes(clip)
+            data.append({contract.AUDIO_BYTES: {"b64": base64.b64encode(raw).decode(), "shape": [1]}})
+        else:
+            pcm = np.asarray(clip, np.float32)
+            data.append({contract.AUDIO: {"content": pcm.round(6).tolist(), "shape": [len(pcm)]}})
     Path(path).write_text(json.dumps({"data": data}))
     return Path(path)
 
@@ -158,28 +169,34 @@ def parse_csv(path: Path, mean_audio_s: float) -> list[PerfResult]:
 
 def run(
     url: str,
-    audios: Sequence[np.ndarray],
+    clips: Sequence[Clip],
     concurrency: Sequence[int] = (1, 2, 4),
     protocol: str = "grpc",
     requests_per_window: int = 20,
     request_count: int | None = None,
     tool: PerfAnalyzer | None = None,
     timeout_s: float = 1800,
+    seconds: Sequence[float] | None = None,
 ) -> list[PerfResult]:
-    """Measure the ``whisper`` model at ``url`` with ``audios`` at each concurrency.
+    """Measure the ``whisper`` model at ``url`` with ``clips`` at each concurrency.
 
     By default each measurement window counts ``requests_per_window`` requests and perf_analyzer repeats
     windows until three in a row agree within 20%; after 10 windows that never agree it gives up (a busy
     shared CPU can do that). ``request_count`` instead measures exactly that many requests once, with no
     stability search: always an answer, and a bounded run time, at the cost of no convergence check.
+    ``seconds``: each clip's duration, for audio seconds per second (required for encoded clips).
     """
     tool = tool or find()
-    if not audios:
+    if not clips:
         raise ValueError("perf_analyzer needs at least one audio clip")
-    mean_audio_s = float(np.mean([len(a) for a in audios])) / SAMPLE_RATE
+    if seconds is None:
+        if any(isinstance(clip, (bytes, bytearray)) for clip in clips):
+            raise ValueError("encoded clips need their durations: pass seconds")
+        seconds = [len(clip) / SAMPLE_RATE for clip in clips]
+    mean_audio_s = float(np.mean(seconds))
     results = []
     with tempfile.TemporaryDirectory(prefix="perf-analyzer-") as tmp:
-        data = write_input_data(audios, Path(tmp) / "input.json")
+        data = write_input_data(clips, Path(tmp) / "input.json")
         # One run per level: --concurrency-range only steps linearly, and 1,2,4 is what we compare.
         for level in concurrency:
             report = Path(tmp) / f"report-{level}.csv"
@@ -224,20 +241,47 @@ def table(results: Sequence[PerfResult]) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """``whisper-triton perf``: install perf_analyzer, or measure a running server with audio files."""
     import argparse
 
-    parser = argparse.ArgumentParser(
-        prog="python -m client.perf_analyzer", description=__doc__.split("\n")[0]
+    import soundfile
+
+    parser = argparse.ArgumentParser(prog="whisper-triton perf", description=__doc__.split("\n")[0])
+    parser.add_argument(
+        "audio", nargs="*", type=Path, help="audio files (what libsndfile reads: wav, flac, ogg, mp3), cycled"
     )
-    parser.add_argument("command", choices=("install",), help="install: unpack perf_analyzer (make setup)")
-    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="where (%(default)s)")
+    parser.add_argument("--install", action="store_true", help="unpack perf_analyzer (make setup does)")
+    parser.add_argument("--url", default="localhost:8001", help="the server (default %(default)s)")
+    parser.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    parser.add_argument("--concurrency", default="1,2,4", help="comma-separated levels (default 1,2,4)")
+    parser.add_argument(
+        "--request-count", type=int, help="measure exactly N requests per level (no stability search)"
+    )
+    parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="where it lives (%(default)s)")
     args = parser.parse_args(argv)
     try:
-        tool = install(args.root)
-    except PerfAnalyzerError as error:
-        print(f"error: {error}", file=sys.stderr)
+        if args.install:
+            print(f"perf_analyzer ready: {install(args.root).binary}")
+            return 0
+        if not args.audio:
+            parser.error("give audio files to send (or --install)")
+        # Files go as they are (AUDIO_BYTES, decoded by the server), as the client library sends them.
+        clips = [path.read_bytes() for path in args.audio]
+        seconds = [soundfile.info(str(path)).duration for path in args.audio]
+        concurrency = [int(level) for level in args.concurrency.split(",")]
+        results = run(
+            args.url,
+            clips,
+            concurrency,
+            protocol=args.protocol,
+            request_count=args.request_count,
+            tool=find(args.root),
+            seconds=seconds,
+        )
+    except (PerfAnalyzerError, OSError, RuntimeError, ValueError) as error:  # soundfile's errors too
+        print(f"whisper-triton perf: error: {error}", file=sys.stderr)
         return 1
-    print(f"perf_analyzer ready: {tool.binary}")
+    print(table(results))
     return 0
 
 

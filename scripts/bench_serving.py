@@ -21,6 +21,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+
+from whisper_triton.paths import cache_dir  # noqa: E402
+
 THREADS = 2
 
 
@@ -28,7 +31,7 @@ def corpus(size: int):
     from whisper_triton.audio import load_audio
     from whisper_triton.corpus import read_manifest, synthesize_corpus
 
-    entries = read_manifest(synthesize_corpus(REPO / ".cache" / "test-corpus", num_utterances=size, seed=0))
+    entries = read_manifest(synthesize_corpus(cache_dir("test-corpus"), num_utterances=size, seed=0))
     return entries, [load_audio(e["audio_filepath"]) for e in entries]
 
 
@@ -109,14 +112,14 @@ def _peak_rss_mb() -> float:
 def run_server(precision: str, concurrencies, size: int) -> list[dict]:
     import psutil
 
-    from build.repository import build_model_repository
-    from build.server import TritonServer
-    from build.triton_config import ServingSettings
-    from client.api import WhisperClient
+    from whisper_triton.build.repository import build_model_repository
+    from whisper_triton.build.server import TritonServer
+    from whisper_triton.build.triton_config import ServingSettings
+    from whisper_triton.client.api import WhisperClient
 
     entries, audios = corpus(size)
     references = [e["text"] for e in entries]
-    repository = REPO / ".cache" / f"bench-repository-{precision}"
+    repository = cache_dir(f"bench-repository-{precision}")
     build_model_repository("tiny.en", repository, precision, ServingSettings(threads=THREADS))
     rows = []
     with TritonServer(repository, log_path=repository / "server.log") as server:

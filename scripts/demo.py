@@ -14,18 +14,19 @@ REPO = Path(__file__).resolve().parent.parent
 
 def main() -> int:
     sys.path.insert(0, str(REPO))
-    from build.repository import build_model_repository
-    from build.server import TritonServer
-    from client.api import WhisperClient
     from training.metrics import compute_wer
     from whisper_triton.audio import load_audio
+    from whisper_triton.build.repository import build_model_repository
+    from whisper_triton.build.server import TritonServer
+    from whisper_triton.client.api import WhisperClient
     from whisper_triton.corpus import read_manifest, synthesize_corpus
+    from whisper_triton.paths import cache_dir
 
-    entries = read_manifest(synthesize_corpus(REPO / ".cache" / "demo-corpus", num_utterances=6, seed=7))
+    entries = read_manifest(synthesize_corpus(cache_dir("demo-corpus"), num_utterances=6, seed=7))
     print("building tiny.en into model_repository/ ...", flush=True)
     result = build_model_repository("tiny.en", REPO / "model_repository")
     print(f"  {result.report.summary()}")
-    with TritonServer(REPO / "model_repository", log_path=REPO / ".cache" / "demo-server.log") as server:
+    with TritonServer(REPO / "model_repository", log_path=cache_dir("demo-server.log")) as server:
         print(f"tritonserver ready: gRPC {server.url_grpc}, HTTP {server.url_http}\n", flush=True)
         client = WhisperClient(server.url_grpc)
         hypotheses, audio_seconds, started = [], 0.0, time.perf_counter()

@@ -15,7 +15,7 @@ Held-out means held-out *sentences*: the evaluation corpus and the training corp
 different seeds, and every training utterance whose sentence is in the evaluation corpus is dropped, so
 no evaluation sentence is ever trained on (the script checks it). Both evaluations decode with
 ``transcribe_audio`` (the PyTorch reference, greedy) and are scored by ``training.metrics``; the model
-evaluated after training is the one reloaded from the output folder, as ``python -m build`` would read it.
+evaluated after training is the one reloaded from the output folder, as ``whisper-triton build`` would read it.
 
 Everything is seeded: corpora, shuffling, dropout. Exit status 0 (PASS) when the held-out WER drops by at
 least ``--target`` (20%) relative; the wall-clock minutes are reported as measured (other processes may
@@ -42,6 +42,7 @@ from training.data import (  # noqa: E402
     load_speech_dataset,
 )
 from whisper_triton.corpus import read_manifest, synthesize_corpus  # noqa: E402
+from whisper_triton.paths import cache_dir  # noqa: E402
 from whisper_triton.text import normalize_text  # noqa: E402
 
 PROBE_SNRS = (None, 15.0, 10.0, 5.0)  # candidate noise levels (None = clean speech)
@@ -190,8 +191,8 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--output-dir",
         type=Path,
-        default=REPO_ROOT / ".cache" / "finetune-experiment",
-        help="corpora, model and reports (default: .cache/finetune-experiment)",
+        default=cache_dir("finetune-experiment"),
+        help="corpora, model and reports (default: <cache>/finetune-experiment)",
     )
     parser.add_argument(
         "--seed", type=int, default=0, help="seed of corpora, shuffling and dropout (default: 0)"

@@ -1,6 +1,6 @@
 """make perf: Triton's perf_analyzer against the `whisper` ensemble, fed with the corpus speech.
 
-Builds tiny.en (python runtime, --precision, default int8) into .cache/perf-repository-<precision> unless
+Builds tiny.en (python runtime, --precision, default int8) into <cache>/perf-repository-<precision> unless
 --model-repository names a built one, starts tritonserver, runs perf_analyzer at each concurrency over
 gRPC, prints a Markdown table and writes JSON (default artifacts/perf_analyzer.json). With --url it
 measures an already running server instead.
@@ -19,11 +19,12 @@ sys.path.insert(0, str(REPO))
 
 
 def main(argv=None) -> int:
-    from build.repository import build_model_repository
-    from build.server import TritonServer
-    from client import perf_analyzer
     from whisper_triton.audio import load_audio
+    from whisper_triton.build.repository import build_model_repository
+    from whisper_triton.build.server import TritonServer
+    from whisper_triton.client import perf_analyzer
     from whisper_triton.corpus import read_manifest, synthesize_corpus
+    from whisper_triton.paths import cache_dir
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="int8")
@@ -41,7 +42,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     entries = read_manifest(
-        synthesize_corpus(REPO / ".cache" / "test-corpus", num_utterances=args.utterances, seed=0)
+        synthesize_corpus(cache_dir("test-corpus"), num_utterances=args.utterances, seed=0)
     )
     audios = [load_audio(e["audio_filepath"]) for e in entries]
     concurrency = [int(c) for c in args.concurrency.split(",")]
@@ -60,10 +61,10 @@ def main(argv=None) -> int:
     else:
         repository = args.model_repository
         if repository is None:
-            repository = REPO / ".cache" / f"perf-repository-{args.precision}"
+            repository = cache_dir(f"perf-repository-{args.precision}")
             print(f"building tiny.en ({args.precision}) into {repository} ...", flush=True)
             build_model_repository("tiny.en", repository, precision=args.precision)
-        with TritonServer(repository, log_path=REPO / ".cache" / "perf-server.log") as server:
+        with TritonServer(repository, log_path=cache_dir("perf-server.log")) as server:
             print(f"tritonserver ready at {server.url_grpc}; running perf_analyzer ...", flush=True)
             results = measure(server.url_grpc)
     print(perf_analyzer.table(results))

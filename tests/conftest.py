@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from whisper_triton.paths import cache_dir
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
-# Kept between runs (gitignored): synthesis is deterministic and the corpus module reuses a complete
+# Kept between runs (in the user cache): synthesis is deterministic and the corpus module reuses a complete
 # corpus with the same parameters instead of synthesising it again.
-CORPUS_DIR = Path(os.environ.get("WHISPER_TRITON_TEST_CORPUS", REPO_ROOT / ".cache" / "test-corpus"))
+CORPUS_DIR = Path(os.environ.get("WHISPER_TRITON_TEST_CORPUS") or cache_dir("test-corpus"))
+REPOSITORY = cache_dir("test-model-repository")  # tiny.en, fp32, python runtime: the served reference
 CORPUS_SIZE = 40  # enough utterances that 95% agreement means at most 2 differences
 CORPUS_SEED = 0
 
@@ -62,3 +68,59 @@ def tiny_en():
     from training.modeling import create_whisper_model_and_processor
 
     return create_whisper_model_and_processor("tiny.en")
+
+
+@pytest.fixture(scope="session")
+def server():
+    """tritonserver on free loopback ports, serving tiny.en built by whisper-triton build (fp32, python runtime)."""
+    from whisper_triton.build.repository import build_model_repository
+    from whisper_triton.build.server import TritonServer
+
+    result = build_model_repository("tiny.en", REPOSITORY)
+    assert result.report.identical == result.report.utterances  # the build's own parity check
+    with TritonServer(REPOSITORY, log_path=REPOSITORY / "server.log") as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def grpc_client(server):
+    import tritonclient.grpc as grpcclient
+
+    return grpcclient.InferenceServerClient(server.url_grpc)
+
+
+@pytest.fixture(scope="session")
+def reference(tiny_en):
+    from training.torch_backend import torch_transcriber
+
+    return torch_transcriber(*tiny_en)
+
+
+def source_copy(target: Path) -> Path:
+    """The files of this checkout that a fresh clone of it would have, copied to ``target``."""
+    command = ["git", "ls-files", "--cached", "--others", "--exclude-standard"]  # tracked + new, not ignored
+    listed = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    if listed.returncode != 0:
+        pytest.skip("not a git checkout: cannot tell the tracked files")
+    for name in listed.stdout.splitlines():
+        source = REPO_ROOT / name
+        if source.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target / name)
+    return target
+
+
+@pytest.fixture(scope="session")
+def project_wheel(tmp_path_factory) -> tuple[Path, Path]:
+    """(sources, wheel): ``pip wheel .`` of a fresh copy of the tracked sources, so that a build never
+    writes into this checkout."""
+    source = source_copy(tmp_path_factory.mktemp("source"))
+    out = tmp_path_factory.mktemp("wheel")
+    pip_wheel(source, out)
+    return source, next(out.glob("*.whl"))
+
+
+def pip_wheel(source: Path, out: Path) -> None:
+    command = [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(out), str(source)]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr

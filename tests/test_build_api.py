@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from build import api
+from whisper_triton.build import api
 
 
 def test_dynamic_quantization_keeps_transcripts_close(tiny_en, corpus_audio):
@@ -64,8 +64,8 @@ def test_configs_for_the_official_container_runtimes(tiny_en, runtime):
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    from build.triton_config import ServingSettings, model_configs
     from whisper_triton import contract
+    from whisper_triton.build.triton_config import ServingSettings, model_configs
     from whisper_triton.manifest import manifest_from_model
 
     configs = model_configs(manifest_from_model(*tiny_en), ServingSettings(runtime=runtime))
@@ -100,8 +100,14 @@ def test_build_cli_reports_bad_input_without_a_traceback(tmp_path, args, message
     from pathlib import Path
 
     result = subprocess.run(
-        [sys.executable, "-m", "build", "--output", str(tmp_path / "repo"), *args],
-        cwd=Path(__file__).resolve().parent.parent,
+        [
+            str(Path(sys.executable).parent / "whisper-triton"),
+            "build",
+            "--output",
+            str(tmp_path / "repo"),
+            *args,
+        ],
+        cwd=tmp_path,
         capture_output=True,
         text=True,
         timeout=300,

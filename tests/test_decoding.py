@@ -116,8 +116,8 @@ def test_windows_cut_long_audio_in_pauses():
 @pytest.mark.slow
 def test_onnx_and_pytorch_backends_decode_identically(tmp_path, tiny_en, corpus_audio):
     """Greedy, beam and timestamps: the in-process ONNX Runtime path equals the PyTorch reference."""
-    from build.onnx_export import export_onnx_models
     from training.torch_backend import torch_transcriber
+    from whisper_triton.build.onnx_export import export_onnx_models
     from whisper_triton.onnx_runtime import OnnxDecoderBackend, OnnxEncoder
     from whisper_triton.transcriber import Transcriber
 

@@ -10,7 +10,7 @@ import pytest
 
 @pytest.fixture(scope="module")
 def exported(tiny_en, tmp_path_factory):
-    from build.onnx_export import export_onnx_models
+    from whisper_triton.build.onnx_export import export_onnx_models
 
     return export_onnx_models(tiny_en[0], tmp_path_factory.mktemp("fp32"))
 
@@ -37,7 +37,11 @@ def _decoder_inputs(rows: int, rng) -> dict[str, np.ndarray]:
 def test_int8_decoder_rows_do_not_depend_on_the_rest_of_the_batch(exported, tmp_path):
     """Weight-only int8 quantises each row's activations on its own: row 0's logits are the same alone
     and in a batch with wider-ranged rows (dynamic int8 moves them, which is why the decoder avoids it)."""
-    from build.optimize import INT8_FLOAT_DECODER, quantize_onnx_int8, quantize_onnx_weights_int8
+    from whisper_triton.build.optimize import (
+        INT8_FLOAT_DECODER,
+        quantize_onnx_int8,
+        quantize_onnx_weights_int8,
+    )
     from whisper_triton.onnx_runtime import session
 
     weight_only = quantize_onnx_weights_int8(exported.decoder, tmp_path / "w8.onnx", INT8_FLOAT_DECODER)
@@ -58,7 +62,7 @@ def test_int8_decoder_rows_do_not_depend_on_the_rest_of_the_batch(exported, tmp_
 
 
 def test_int8_encoder_keeps_the_outlier_matmuls_float(exported, tmp_path):
-    from build.optimize import INT8_FLOAT_ENCODER, quantize_onnx_int8
+    from whisper_triton.build.optimize import INT8_FLOAT_ENCODER, quantize_onnx_int8
 
     ops = _ops(quantize_onnx_int8(exported.encoder, tmp_path / "encoder.onnx", INT8_FLOAT_ENCODER))
     float_matmuls = {name for name, op in ops.items() if op == "MatMul"}
@@ -73,7 +77,7 @@ def test_int8_encoder_keeps_the_outlier_matmuls_float(exported, tmp_path):
 
 
 def test_a_keep_float_pattern_that_matches_nothing_is_an_error(exported, tmp_path):
-    from build.optimize import quantize_onnx_int8
+    from whisper_triton.build.optimize import quantize_onnx_int8
 
     with pytest.raises(ValueError, match="matches"):
         quantize_onnx_int8(exported.encoder, tmp_path / "x.onnx", re.compile("/no_such_layer/"))

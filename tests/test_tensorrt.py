@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from build import api
+from whisper_triton.build import api
 from whisper_triton.options import DecodingOptions
 from whisper_triton.tensorrt_runtime import TensorRTUnavailable, tensorrt_available
 
@@ -22,13 +22,13 @@ needs_tensorrt = pytest.mark.skipif(not _TENSORRT, reason=f"TensorRT needs a GPU
 
 @pytest.fixture(scope="module")
 def exported(tiny_en, tmp_path_factory):
-    from build.onnx_export import export_onnx_models
+    from whisper_triton.build.onnx_export import export_onnx_models
 
     return export_onnx_models(tiny_en[0], tmp_path_factory.mktemp("onnx"))
 
 
 def test_profiles_cover_every_dynamic_axis_of_the_exported_graphs(exported):
-    from build.tensorrt import profile_ranges, profile_shapes
+    from whisper_triton.build.tensorrt import profile_ranges, profile_shapes
 
     encoder = profile_shapes(exported.encoder, profile_ranges("encoder"))
     assert encoder == {"input_features": [[1, 1, 80, 3000], [4, 1, 80, 3000], [8, 20, 80, 3000]]}
@@ -111,8 +111,8 @@ def test_tensorrt_needs_a_gpu(tmp_path):
 
 
 def test_tensorrt_build_is_refused_for_int8_and_without_a_gpu(tmp_path):
-    from build.repository import build_model_repository
-    from build.triton_config import ServingSettings
+    from whisper_triton.build.repository import build_model_repository
+    from whisper_triton.build.triton_config import ServingSettings
 
     settings = ServingSettings(runtime="tensorrt")
     with pytest.raises(ValueError, match="FP16"):
@@ -141,12 +141,12 @@ def test_tensorrt_fp16_encoder_engine_matches_onnx(exported, corpus_audio, tmp_p
 
 @needs_tensorrt
 def test_tensorrt_repository_transcribes_like_pytorch(tiny_en, corpus_entries, corpus_audio, tmp_path):
-    """python -m build --runtime tensorrt: three FP16 engines, verified in the build; on the test corpus the
+    """whisper-triton build --runtime tensorrt: three FP16 engines, verified in the build; on the test corpus the
     engines' greedy and beam transcripts equal PyTorch's on >= 95% of utterances."""
-    from build.repository import build_model_repository
-    from build.triton_config import ServingSettings
     from training.torch_backend import torch_transcriber
     from whisper_triton import contract
+    from whisper_triton.build.repository import build_model_repository
+    from whisper_triton.build.triton_config import ServingSettings
     from whisper_triton.tensorrt_runtime import TensorRTDecoderBackend, TensorRTEncoder
     from whisper_triton.transcriber import Transcriber
 

@@ -125,7 +125,7 @@ def test_train_then_evaluate_through_python_m_training(tmp_path):
     metrics = json.loads((run / "all_results.json").read_text())
     assert metrics["global_step"] == 2 and 0 <= metrics["eval_cer"]
     assert '"eval_wer"' in trained.stdout  # the metrics are printed too
-    for folder in (run, run / "checkpoint-2"):  # what `python -m build --model` reads
+    for folder in (run, run / "checkpoint-2"):  # what `whisper-triton build --model` reads
         assert {"model.safetensors", "config.json", "tokenizer.json", "processor_config.json"} <= {
             p.name for p in folder.iterdir()
         }

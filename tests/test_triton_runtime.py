@@ -1,8 +1,9 @@
 """The CPU Triton runtime and TritonServer, against a real tritonserver and a tiny Python-backend model.
 
 The probe model takes what the Whisper models will take (FP32 audio of any length, an optional BYTES
-JSON options tensor), starts with ENVIRONMENT_SNIPPET, imports our shared code and reports what it saw,
-so these tests prove the numpy < 2 BYTES path, per-request errors inside one batch, both protocols and a
+JSON options tensor), starts like our model.py files (``_whisper_triton_paths``, then the bundled
+whisper_triton), and reports what it saw, so these tests prove that the models run on the tools' own
+environment (numpy 1.x) and the bundled code, per-request errors inside one batch, both protocols and a
 clean shutdown.
 """
 
@@ -22,21 +23,24 @@ import pytest
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from build.server import TritonServer, TritonServerError, port_is_free
-from build.triton_runtime import (
-    DEFAULT_ROOT,
-    ENVIRONMENT_SNIPPET,
-    SERVER_REQUIREMENTS,
+from whisper_triton.build.model_code import PATHS_MODULE, SOURCE_REPOSITORY, bundle_core_package
+from whisper_triton.build.server import TritonServer, TritonServerError, port_is_free
+from whisper_triton.build.triton_runtime import (
     TritonRuntimeError,
+    check_python_path,
+    default_root,
+    environment_site_paths,
     prepare_triton_runtime,
     read_stamp,
-    write_environment_file,
 )
 
 pytestmark = pytest.mark.slow
 
+MODEL_START = "import json\n\nimport _whisper_triton_paths  # noqa: F401\n"
+
 PROBE_BODY = '''
 import numpy as np
+import whisper_triton
 import triton_python_backend_utils as pb_utils
 
 from whisper_triton.audio import resample
@@ -66,6 +70,7 @@ class TritonPythonModel:
                 "requests_in_execute": len(requests),
                 "numpy": np.__version__,
                 "numpy_file": np.__file__,
+                "whisper_triton_file": whisper_triton.__file__,
             }
             output = np.array([[json.dumps(result).encode()]], dtype=np.object_)
             responses.append(pb_utils.InferenceResponse([pb_utils.Tensor("RESULT", output)]))
@@ -99,15 +104,18 @@ def probe_config(name: str) -> mc.ModelConfig:
 
 
 def write_model(repository: Path, config: mc.ModelConfig, body: str) -> None:
+    """A model laid out as the build lays out ours: model.py, the paths module, bundled whisper_triton."""
     model_dir = repository / config.name
     (model_dir / "1").mkdir(parents=True)
     (model_dir / "config.pbtxt").write_text(text_format.MessageToString(config))
-    (model_dir / "1" / "model.py").write_text(ENVIRONMENT_SNIPPET + body)
+    (model_dir / "1" / "model.py").write_text(MODEL_START + body)
+    (model_dir / "1" / PATHS_MODULE).write_text((SOURCE_REPOSITORY / PATHS_MODULE).read_text())
+    bundle_core_package(model_dir / "1" / "whisper_triton")
 
 
 @pytest.fixture(scope="module")
 def runtime():
-    return prepare_triton_runtime()  # the shared .cache/triton: building it takes a while the first time
+    return prepare_triton_runtime()  # the shared <cache>/triton
 
 
 @pytest.fixture(scope="module")
@@ -129,28 +137,35 @@ def server(runtime, tmp_path_factory):
 
 
 def test_prepare_is_idempotent(runtime):
-    stamp_path = DEFAULT_ROOT / "stamp.json"
+    stamp_path = default_root() / "stamp.json"
     before = stamp_path.stat().st_mtime_ns
     again = prepare_triton_runtime()
     assert again == runtime
     # The stamp is rewritten only by a rebuild; no wall-clock bound, which a busy CI machine could break.
     assert stamp_path.stat().st_mtime_ns == before, "an unchanged runtime must not be rebuilt"
-    stamp = read_stamp()
-    assert stamp["requirements"] == list(SERVER_REQUIREMENTS)
-    assert stamp["resolved"]["numpy"].startswith("1.")
+    assert read_stamp()["python"] == f"{sys.version_info[0]}.{sys.version_info[1]}"
     assert (runtime.backend_directory / "python" / "triton_python_backend_stub").stat().st_mode & 0o111
+    # The models use this very environment: one numpy for the tools and the server.
+    assert runtime.python_path == environment_site_paths()
+    assert runtime.process_environment()["PYTHONPATH"].split(os.pathsep) == [
+        str(p) for p in runtime.python_path
+    ]
 
 
-def test_changed_requirements_rebuild_the_site(tmp_path):
-    root = tmp_path / "triton"
-    prepare_triton_runtime(root, requirements=["more-itertools"])
-    first = read_stamp(root)
-    assert set(first["resolved"]) == {"more-itertools"}
-    prepare_triton_runtime(root, requirements=["more-itertools"])
-    assert read_stamp(root) == first
-    prepare_triton_runtime(root, requirements=["click"])
-    assert set(read_stamp(root)["resolved"]) == {"click"}  # a fresh site: more-itertools is gone
-    assert read_stamp(root)["hash"] != first["hash"]
+def _fake_numpy(site: Path, version: str) -> Path:
+    info = site / f"numpy-{version}.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: numpy\nVersion: {version}\n")
+    return site
+
+
+def test_a_numpy_2_environment_is_refused_with_the_reason(tmp_path):
+    """The stub reads numpy 1's array descriptors; the check names the version and what breaks."""
+    with pytest.raises(TritonRuntimeError, match=r"numpy 2\.1\.0.*built for numpy 1\.x"):
+        check_python_path([_fake_numpy(tmp_path / "two", "2.1.0")])
+    with pytest.raises(TritonRuntimeError, match="has no numpy"):
+        check_python_path([tmp_path / "empty"])
+    check_python_path([_fake_numpy(tmp_path / "one", "1.26.4")])
 
 
 def test_unknown_python_version_lists_the_available_stubs(tmp_path):
@@ -161,57 +176,49 @@ def test_unknown_python_version_lists_the_available_stubs(tmp_path):
 
 def test_missing_shared_libraries_are_named(runtime, tmp_path):
     """Without the wheel's libraries in LD_LIBRARY_PATH the stub cannot find libcudart: say so."""
-    from build.triton_runtime import _check_libraries
+    from whisper_triton.build.triton_runtime import _check_libraries
 
     broken = dataclasses.replace(runtime, library_path=tmp_path)
     with pytest.raises(TritonRuntimeError, match=r"triton_python_backend_stub: libcudart\S* => not found"):
         _check_libraries(broken, runtime.backend_directory / "python" / "triton_python_backend_stub")
 
 
-def test_missing_wheel_says_make_setup(tmp_path):
-    """Python without site-packages (-S) stands for an environment where nvidia-pytriton is not installed."""
-    code = "import sys; from build.triton_runtime import prepare_triton_runtime as p; p(root=sys.argv[1])"
-    result = subprocess.run(
-        [sys.executable, "-S", "-c", code, str(tmp_path)],
-        cwd=Path(__file__).resolve().parents[1],
-        capture_output=True,
-        text=True,
-    )
-    assert result.returncode != 0
-    assert "nvidia-pytriton is not installed" in result.stderr and "make setup" in result.stderr
+def test_missing_wheel_says_make_setup(tmp_path, monkeypatch):
+    """An environment where nvidia-pytriton is not installed: the error says what provides the server."""
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "pytriton" else real(name))
+    with pytest.raises(TritonRuntimeError, match="nvidia-pytriton is not installed.*make setup"):
+        prepare_triton_runtime(tmp_path)
 
 
-def test_environment_snippet_puts_the_server_site_first(runtime, tmp_path):
-    """Run as a script by this venv's Python (numpy 2), the snippet makes numpy < 2 the one imported."""
-    environment = write_environment_file(tmp_path, runtime)
-    assert json.loads(environment.read_text()) == {
-        "sys_path": [str(runtime.site_directory), str(runtime.repo_root)]
-    }
-    script = tmp_path / "model" / "1" / "model.py"
-    script.parent.mkdir(parents=True)
+def test_paths_module_puts_the_bundled_code_then_pythonpath_first(tmp_path):
+    """Run as the stub runs Python (isolated: PYTHONPATH ignored), a model version's first import puts
+    its bundled whisper_triton first, then PYTHONPATH, ahead of whatever else is installed."""
+    version = tmp_path / "model" / "1"
+    version.mkdir(parents=True)
+    (version / PATHS_MODULE).write_text((SOURCE_REPOSITORY / PATHS_MODULE).read_text())
+    bundle_core_package(version / "whisper_triton")
+    extra = tmp_path / "extra"
+    extra.mkdir()
+    (extra / "probe_marker.py").write_text("")
+    script = version / "model.py"
     script.write_text(
-        ENVIRONMENT_SNIPPET + "\nimport numpy\nimport whisper_triton\n\n"
-        "print(json.dumps([numpy.__version__, numpy.__file__, whisper_triton.__file__]))\n"
+        MODEL_START + "import sys\nimport probe_marker\nimport whisper_triton.audio\n"
+        "print(json.dumps([whisper_triton.audio.__file__, probe_marker.__file__, sys.path[:2]]))\n"
     )
+    environment = {**os.environ, "PYTHONPATH": str(extra)}
+    # As the stub does: an isolated interpreter, with the version folder appended to sys.path.
+    start = f"import runpy, sys; sys.path.append({str(version)!r}); runpy.run_path({str(script)!r})"
     output = subprocess.run(
-        [sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, check=True
+        [sys.executable, "-I", "-c", start], cwd=tmp_path, env=environment, capture_output=True, text=True
     )
-    version, numpy_file, package_file = json.loads(output.stdout)
-    assert version.startswith("1.")
-    assert Path(numpy_file).is_relative_to(runtime.site_directory)
-    assert Path(package_file).is_relative_to(runtime.repo_root)
-
-
-def test_environment_snippet_is_lint_clean(tmp_path):
-    """model.py files start with the snippet verbatim, so it must pass the project's ruff settings."""
-    model = tmp_path / "model.py"
-    model.write_text(ENVIRONMENT_SNIPPET + "\nimport numpy as np\n\nprint(np.pi)\n")
-    settings = ["--config", str(Path(__file__).resolve().parents[1] / "pyproject.toml")]
-    for command in (["check"], ["format", "--check"]):
-        result = subprocess.run(
-            [sys.executable, "-m", "ruff", *command, *settings, str(model)], capture_output=True, text=True
-        )
-        assert result.returncode == 0, result.stdout + result.stderr
+    assert output.returncode == 0, output.stderr
+    package_file, marker_file, first = json.loads(output.stdout)
+    assert Path(package_file).is_relative_to(version / "whisper_triton")
+    assert Path(marker_file).parent == extra
+    assert first == [str(version), str(extra)]
 
 
 # -- the server ---------------------------------------------------------------------------------------------
@@ -254,7 +261,8 @@ def test_grpc_good_and_bad_requests_in_one_batch(server, runtime):
     assert result["options"] == {"beam_size": 5}
     assert result["requests_in_execute"] == 2, "the bad request must have been in the same execute()"
     assert result["numpy"].startswith("1.")
-    assert Path(result["numpy_file"]).is_relative_to(runtime.site_directory)
+    assert Path(result["numpy_file"]).is_relative_to(runtime.python_path[0])  # the tools' own numpy
+    assert "/probe/1/whisper_triton/" in result["whisper_triton_file"]  # the bundled copy
     bad, bad_error = received["bad"]
     assert bad is None and "bad OPTIONS" in bad_error.message()
     client.close()
@@ -320,17 +328,17 @@ def test_fixed_port_in_use_is_refused(runtime, tmp_path, server):
 
 
 def test_cli_serves_until_interrupted(runtime, tmp_path):
-    """`make serve`: python -m build.server runs in the foreground and stops cleanly on Ctrl-C."""
+    """`make serve`: whisper-triton serve runs in the foreground and stops cleanly on Ctrl-C."""
     import signal
     import urllib.request
 
-    from build.server import free_port
+    from whisper_triton.build.server import free_port
 
     repository = tmp_path / "repository"
     write_model(repository, probe_config("probe"), PROBE_BODY)
     ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
-    command = [sys.executable, "-m", "build.server", "--model-repository", str(repository)]
-    command += ["--host", "127.0.0.1"]
+    command = [str(Path(sys.executable).parent / "whisper-triton"), "serve"]
+    command += ["--model-repository", str(repository)]
     command += [f"--{endpoint}-port={port}" for endpoint, port in ports.items()]
     command += ["--log-file", str(tmp_path / "server.log")]
     with open(tmp_path / "cli.out", "w+") as output:

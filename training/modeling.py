@@ -29,12 +29,12 @@ from training.ctranslate2_convert import (
     is_ctranslate2_dir,
 )
 from training.model_config import ENGLISH_VOCAB_SIZE, ModelConfigError, WhisperModelConfig
+from whisper_triton.paths import cache_dir
 
 logger = logging.getLogger(__name__)
 
 BUNDLED_MODEL_NAMES = ("tiny.en", "whisper-tiny.en", "openai/whisper-tiny.en")
 BUNDLED_HUB_ID = "openai/whisper-tiny.en"
-CACHE_ENV = "WHISPER_TRITON_CACHE"  # where converted checkpoints are kept (default ~/.cache/whisper-triton)
 
 # The "enhanced model": the same architecture and weights, configured for robust fine-tuning. Every
 # setting only acts in training mode, so the model exports and serves exactly like the plain one.
@@ -136,7 +136,7 @@ def bundled_tiny_en_dir() -> Path:
 
 def converted_ctranslate2_dir(ct2_dir: Path) -> Path:
     """Convert a CTranslate2 directory once; later calls reuse the cached result (keyed by content)."""
-    target = cache_root() / "converted" / f"{ct2_dir.name}-{_fingerprint(ct2_dir)}"
+    target = cache_dir("converted", f"{ct2_dir.name}-{_fingerprint(ct2_dir)}")
     if (target / "model.safetensors").is_file():
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -152,10 +152,6 @@ def converted_ctranslate2_dir(ct2_dir: Path) -> Path:
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
-
-
-def cache_root() -> Path:
-    return Path(os.environ.get(CACHE_ENV, Path.home() / ".cache" / "whisper-triton")).expanduser()
 
 
 def _fingerprint(ct2_dir: Path) -> str:

@@ -12,7 +12,7 @@ speech model needs:
   WER stalls;
 - the processor (tokenizer + feature extractor) is saved in every ``checkpoint-N/`` and the final model
   and processor in ``output_dir`` (safetensors), so each of them loads with
-  ``create_whisper_model_and_processor`` and builds with ``python -m build --model``;
+  ``create_whisper_model_and_processor`` and builds with ``whisper-triton build --model``;
 - fp16/bf16 on a machine without CUDA fall back to float32 with a warning instead of failing.
 """
 

@@ -1,6 +1,6 @@
 """The manifest saved with an exported model: every value the server, client and tests need to run it.
 
-``python -m build`` writes ``manifest.json`` next to the ONNX files; the serving code reads dims, mel
+``whisper-triton build`` writes ``manifest.json`` next to the ONNX files; the serving code reads dims, mel
 parameters, special token ids and suppression lists from it instead of repeating them. Token ids come
 from the model's tokenizer at export time (never written as numbers in code).
 """
@@ -59,7 +59,7 @@ class ModelManifest:
             data = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError) as exc:
             raise ValueError(
-                f"cannot read the model manifest {path}: {exc} (rebuild with python -m build)"
+                f"cannot read the model manifest {path}: {exc} (rebuild with whisper-triton build)"
             ) from exc
         if data.get("format") != FORMAT_VERSION:
             raise ValueError(

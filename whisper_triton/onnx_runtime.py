@@ -31,7 +31,7 @@ def session(path: str | Path, threads: int | None = None):
     # 2-core machine, int8 server: 8.6 -> 11.2 audio s/s at concurrency 1, 9.4 -> 12.6 at 4.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     if not Path(path).is_file():
-        raise FileNotFoundError(f"ONNX model {path} is missing; run python -m build")
+        raise FileNotFoundError(f"ONNX model {path} is missing; run whisper-triton build")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 

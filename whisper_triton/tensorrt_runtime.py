@@ -1,6 +1,6 @@
 """TensorRT execution of the exported graphs on a CUDA GPU: engines, the encoder and the decoder backend.
 
-``--runtime tensorrt`` builds three engines from the ONNX graphs (``build.tensorrt``): the encoder, served
+``--runtime tensorrt`` builds three engines from the ONNX graphs (``whisper_triton.build.tensorrt``): the encoder, served
 by Triton's ``tensorrt_plan`` backend, and ``cross_kv.plan`` and ``decoder.plan``, which the decoding model
 runs in-process through :class:`TensorRTDecoderBackend` (LESSONS.md: the decoder loop belongs inside one
 process, never one inter-model call per token). The self-attention cache and the cross-attention keys and

@@ -4,21 +4,16 @@ The decoder runs with ONNX Runtime (cross_kv.onnx, decoder.onnx), or as TensorRT
 instance's GPU when the build put cross_kv.plan and decoder.plan here (--runtime tensorrt).
 """
 
-# ruff: noqa: E402 -- the imports after the environment snippet need sys.path set first
 import json
 import pathlib
-import sys
-
-# The Triton Python stub ignores PYTHONPATH: put the server environment (environment.json, written by
-# `python -m build`) first on sys.path, before anything imports numpy.
-_ENVIRONMENT = pathlib.Path(__file__).resolve().parents[2] / "environment.json"
-sys.path[:0] = json.loads(_ENVIRONMENT.read_text())["sys_path"]
-
 from collections import defaultdict
 
+# Before numpy and whisper_triton: the bundled code, then PYTHONPATH, first on sys.path.
+import _whisper_triton_paths  # noqa: F401
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+import whisper_triton
 from whisper_triton import contract
 from whisper_triton.decoding import decode
 from whisper_triton.manifest import TOKENIZER_FILE, ModelManifest
@@ -31,6 +26,8 @@ from whisper_triton.tokenizer import TextTokenizer
 
 class TritonPythonModel:
     def initialize(self, args):
+        # Which code this model runs: the copy bundled next to model.py (tests/test_deployment.py reads it).
+        pb_utils.Logger.log_info(f"{args['model_name']}: whisper_triton from {whisper_triton.__path__[0]}")
         config = json.loads(args["model_config"])
         threads = int(config["parameters"]["threads"]["string_value"])
         directory = pathlib.Path(__file__).parent

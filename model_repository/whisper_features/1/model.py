@@ -1,24 +1,21 @@
 """Triton model `whisper_features`: validate a request, decode/resample audio, log-mel windows."""
 
-# ruff: noqa: E402 -- the imports after the environment snippet need sys.path set first
 import json
-import pathlib
-import sys
 
-# The Triton Python stub ignores PYTHONPATH: put the server environment (environment.json, written by
-# `python -m build`) first on sys.path, before anything imports numpy.
-_ENVIRONMENT = pathlib.Path(__file__).resolve().parents[2] / "environment.json"
-sys.path[:0] = json.loads(_ENVIRONMENT.read_text())["sys_path"]
-
+# Before numpy and whisper_triton: the bundled code, then PYTHONPATH, first on sys.path.
+import _whisper_triton_paths  # noqa: F401
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+import whisper_triton
 from whisper_triton import contract
 from whisper_triton.serving import RequestError, prepare
 
 
 class TritonPythonModel:
     def initialize(self, args):
+        # Which code this model runs: the copy bundled next to model.py (tests/test_deployment.py reads it).
+        pb_utils.Logger.log_info(f"{args['model_name']}: whisper_triton from {whisper_triton.__path__[0]}")
         parameters = json.loads(args["model_config"])["parameters"]
         self.n_mels = int(parameters["n_mels"]["string_value"])
         self.max_seconds = float(parameters["max_audio_seconds"]["string_value"])

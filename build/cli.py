@@ -1,4 +1,4 @@
-"""python -m build: a Whisper checkpoint -> a verified Triton model repository."""
+"""whisper-triton build: a Whisper checkpoint -> a verified Triton model repository."""
 
 from __future__ import annotations
 
@@ -7,13 +7,13 @@ import logging
 import sys
 import time
 
-from build.optimize import PRECISIONS
-from build.triton_config import RUNTIMES, ServingSettings
+from whisper_triton.build.optimize import PRECISIONS
+from whisper_triton.build.triton_config import RUNTIMES, ServingSettings
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m build",
+        prog="whisper-triton build",
         description="Export a Whisper model to ONNX (optionally INT8 or TensorRT), verify it against PyTorch, "
         "and write a complete Triton model repository.",
     )
@@ -50,8 +50,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    from build.repository import build_model_repository
-    from build.verify import BuildVerificationError
+    from whisper_triton.build.repository import build_model_repository
+    from whisper_triton.build.verify import BuildVerificationError
     from whisper_triton.tensorrt_runtime import TensorRTUnavailable
 
     started = time.perf_counter()
@@ -68,7 +68,7 @@ def main(argv=None) -> int:
     except (ValueError, TensorRTUnavailable, BuildVerificationError) as error:
         # What the user can fix (options, model path: ModelLoadError is a ValueError, missing GPU, a
         # model that does not export faithfully): the message alone, not a traceback.
-        print(f"python -m build: error: {error}", file=sys.stderr)
+        print(f"whisper-triton build: error: {error}", file=sys.stderr)
         return 2
     print(f"{result.repository}: {result.report.summary()} ({time.perf_counter() - started:.0f} s)")
     return 0

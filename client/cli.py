@@ -1,4 +1,4 @@
-"""python -m client transcribe FILE... : transcribe audio files through a running Triton server."""
+"""whisper-triton transcribe FILE... : transcribe audio files through a running Triton server."""
 
 from __future__ import annotations
 
@@ -7,14 +7,14 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
-from client.api import WhisperClient
-from client.formats import FORMATS, render
+from whisper_triton.client.api import WhisperClient
+from whisper_triton.client.formats import FORMATS, render
 from whisper_triton.options import DecodingOptions, OptionsError
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m client", description="Whisper over Triton: client commands."
+        prog="whisper-triton", description="Whisper over Triton: client commands."
     )
     commands = parser.add_subparsers(dest="command", required=True)
     transcribe = commands.add_parser("transcribe", help="transcribe audio files (wav, flac, mp3, ogg, ...)")

@@ -1,0 +1,25 @@
+"""Native programs we run (tritonserver, its Python stub, perf_analyzer): which shared libraries they lack."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+
+def missing_libraries(binaries: Sequence[Path], env: Mapping[str, str]) -> list[str]:
+    """The ``ldd`` lines that say 'not found', for ``binaries`` run with the environment ``env``."""
+    if shutil.which("ldd") is None:
+        logger.warning("ldd not found: cannot check the shared libraries of %s", [b.name for b in binaries])
+        return []
+    missing = []
+    for binary in binaries:
+        result = subprocess.run(["ldd", str(binary)], capture_output=True, text=True, env=dict(env))
+        missing += [
+            f"{binary.name}: {line.strip()}" for line in result.stdout.splitlines() if "not found" in line
+        ]
+    return missing
