@@ -44,6 +44,18 @@ def main(argv=None) -> int:
         help="longer requests are rejected",
     )
     parser.add_argument(
+        "--max-audio-bytes",
+        type=int,
+        default=ServingSettings.max_audio_bytes,
+        help="larger AUDIO_BYTES uploads are rejected before they are parsed",
+    )
+    parser.add_argument(
+        "--decoder-memory-mb",
+        type=int,
+        default=ServingSettings.decoder_memory_mb,
+        help="memory for one decoder batch (cache and logits); bigger requests decode in several batches",
+    )
+    parser.add_argument(
         "--threads", type=int, default=ServingSettings.threads, help="ONNX Runtime threads per session"
     )
     parser.add_argument("--skip-verify", action="store_true", help="skip the parity check against PyTorch")
@@ -60,6 +72,8 @@ def main(argv=None) -> int:
             runtime=args.runtime,
             max_batch_size=args.max_batch_size,
             max_audio_seconds=args.max_audio_seconds,
+            max_audio_bytes=args.max_audio_bytes,
+            decoder_memory_mb=args.decoder_memory_mb,
             threads=args.threads,
         )
         result = build_model_repository(

@@ -4,8 +4,8 @@
 - ``cross_kv.onnx``: encoder states -> every decoder layer's cross-attention keys and values, split
   into heads. Computed once per 30-second window, never per token.
 - ``decoder.onnx``: tokens ``[B, T]`` plus the self-attention cache ``[layers, B, heads, P, head_dim]`` (P = 0 on
-  the first step, when T is the prompt length; T = 1 afterwards) and the cross K/V -> logits
-  ``[B, T, vocab]`` and the cache grown to P + T.
+  the first step, when T is the prompt length; T = 1 afterwards) and the cross K/V of the ``W`` windows
+  (``B`` = ``W`` x rows per window: beams or samples) -> logits ``[B, T, vocab]`` and the cache grown to P + T.
 
 The decoder graph is our own module over the model's weights (not transformers' forward), because a
 flat cache of plain tensors with dynamic lengths exports cleanly and lets the decoding loop drop and
@@ -72,7 +72,8 @@ class CrossKVGraph(nn.Module):
 class DecoderStepGraph(nn.Module):
     """One decoder call over new tokens, attending to the cached keys/values of earlier ones.
 
-    The self-attention cache is ``[layers, B, heads, past, head_dim]`` for keys and values alike.
+    The self-attention cache is ``[layers, B, heads, past, head_dim]`` for keys and values alike; the
+    cross-attention keys/values have one entry per window, ``B`` being a multiple of the windows.
     """
 
     def __init__(self, model):
@@ -91,6 +92,19 @@ class DecoderStepGraph(nn.Module):
 
     def _merge(self, x: torch.Tensor) -> torch.Tensor:  # [B, heads, T, head_dim] -> [B, T, d]
         return x.transpose(1, 2).reshape(x.shape[0], x.shape[2], self.num_heads * self.head_dim)
+
+    def _cross_attend(self, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+        """Attention of ``q`` ``[R, heads, T, head_dim]`` to per-window keys ``[W, heads, head_dim, F]`` and
+        values ``[W, heads, F, head_dim]``: the R = W * k rows come k per window, in window order, and
+        share their window's one copy (beam search needs no copy per beam)."""
+        rows, heads, steps, width = q.shape
+        windows = keys.shape[0]
+        per_window = rows // windows
+        q = q.reshape(windows, per_window, heads, steps, width).transpose(1, 2)
+        q = q.reshape(windows, heads, per_window * steps, width)
+        out = torch.matmul(torch.softmax(torch.matmul(q, keys), dim=-1), values)
+        out = out.reshape(windows, heads, per_window, steps, width).transpose(1, 2)
+        return out.reshape(rows, heads, steps, width)
 
     def forward(self, tokens, self_k, self_v, cross_k, cross_v):
         past = self_k.shape[3]
@@ -112,8 +126,7 @@ class DecoderStepGraph(nn.Module):
             x = x + layer.self_attn.out_proj(self._merge(torch.matmul(weights, v)))
             h = layer.encoder_attn_layer_norm(x)
             q = self._heads(layer.encoder_attn.q_proj(h)) * self.scale
-            weights = torch.softmax(torch.matmul(q, cross_k[i]), dim=-1)
-            x = x + layer.encoder_attn.out_proj(self._merge(torch.matmul(weights, cross_v[i])))
+            x = x + layer.encoder_attn.out_proj(self._merge(self._cross_attend(q, cross_k[i], cross_v[i])))
             h = layer.final_layer_norm(x)
             x = x + layer.fc2(layer.activation_fn(layer.fc1(h)))
         logits = torch.matmul(self.layer_norm(x), self.embed_tokens.weight.T)
@@ -141,8 +154,9 @@ def export_onnx_models(model, output_dir: str | Path, opset: int = OPSET) -> Exp
     layers, d_model, heads = config.decoder_layers, config.d_model, config.decoder_attention_heads
     encoder_states = torch.zeros(batch, config.max_source_positions, d_model)
     cache = torch.zeros(layers, batch, heads, 0, d_model // heads)
-    cross_k = torch.zeros(layers, batch, heads, d_model // heads, config.max_source_positions)
-    cross_v = torch.zeros(layers, batch, heads, config.max_source_positions, d_model // heads)
+    # Two rows reading one window (as two beams do): the traced graph keeps rows and windows apart.
+    cross_k = torch.zeros(layers, 1, heads, d_model // heads, config.max_source_positions)
+    cross_v = torch.zeros(layers, 1, heads, config.max_source_positions, d_model // heads)
     tokens = torch.zeros(batch, prompt, dtype=torch.int64)
 
     paths = ExportedModel(
@@ -177,8 +191,8 @@ def export_onnx_models(model, output_dir: str | Path, opset: int = OPSET) -> Exp
                 "tokens": {0: "batch", 1: "steps"},
                 "self_k": {1: "batch", 3: "past"},
                 "self_v": {1: "batch", 3: "past"},
-                "cross_k": {1: "batch"},
-                "cross_v": {1: "batch"},
+                "cross_k": {1: "windows"},
+                "cross_v": {1: "windows"},
                 "logits": {0: "batch", 1: "steps"},
                 "new_self_k": {1: "batch", 3: "total"},
                 "new_self_v": {1: "batch", 3: "total"},

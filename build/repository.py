@@ -50,6 +50,8 @@ from whisper_triton.tensorrt_runtime import (
     TensorRTUnavailable,
     tensorrt_available,
 )
+from whisper_triton.vad import MODEL_FILE as VAD_FILE
+from whisper_triton.vad import package_model_path as vad_model_path
 
 logger = logging.getLogger(__name__)
 
@@ -136,6 +138,11 @@ def _lay_out(onnx_dir: Path, output: Path, manifest, settings: ServingSettings) 
     (output / contract.ENSEMBLE_MODEL / "1").mkdir(exist_ok=True)  # Triton needs a version, even an empty one
     copy_model_code(contract.FEATURES_MODEL, output)
     copy_model_code(contract.DECODER_MODEL, output)
+    # The feature model validates options against the model and finds speech before any decoding.
+    features_version = output / contract.FEATURES_MODEL / "1"
+    for name in ("manifest.json", TOKENIZER_FILE):
+        shutil.copy2(onnx_dir / name, features_version / name)
+    shutil.copy2(vad_model_path(), features_version / VAD_FILE)
     decoder_version = output / contract.DECODER_MODEL / "1"
     graphs = (onnx_export.CROSS_KV_FILE, onnx_export.DECODER_FILE)
     engines = (CROSS_KV_ENGINE, DECODER_ENGINE)

@@ -5,7 +5,8 @@ them (``whisper_triton.build.onnx_export``):
 
 - encoder: ``batch`` (requests the dynamic batcher groups) x ``windows`` (30-s windows per request); served
   by Triton's ``tensorrt_plan`` backend.
-- cross_kv and decoder: ``batch`` is decoder rows (windows x beams of the grouped requests); the decoder
+- cross_kv: ``batch`` is windows; decoder: ``batch`` is rows (windows x beams of the grouped requests) and
+  ``windows`` the cross K/V's windows; the decoder
   also has ``steps`` (the prompt on the first call, then 1) and ``past`` (cached positions, 0 on the
   first call). Both run in-process in the decoding model (``whisper_triton.tensorrt_runtime``), which
   slices batches larger than the profile's maximum.
@@ -19,6 +20,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from whisper_triton.build.triton_config import ENCODER_MAX_WINDOWS
 from whisper_triton.tensorrt_runtime import TensorRTEngine, TensorRTUnavailable, tensorrt_available
 
 __all__ = [
@@ -33,7 +35,7 @@ logger = logging.getLogger(__name__)
 
 # (min, opt, max) of each dynamic axis. The optimum is the common case; the maxima bound engine memory.
 ENCODER_BATCH = (1, 4, 8)  # = ServingSettings.max_batch_size
-ENCODER_WINDOWS = (1, 1, 20)  # 20 windows = the default 600-second request limit
+ENCODER_WINDOWS = (1, 1, ENCODER_MAX_WINDOWS)  # 20 windows = the default 600-second request limit
 DECODER_ROWS = (1, 8, 64)  # e.g. 8 requests x 1 window x beam 5 = 40 rows fits in one call
 TEXT_POSITIONS = 448  # Whisper's decoder context (manifest.n_text_ctx); every released model has 448
 
@@ -49,6 +51,7 @@ def profile_ranges(graph: str, text_positions: int = TEXT_POSITIONS) -> dict[str
         # one token over up to text_positions - 1 cached ones.
         return {
             "batch": DECODER_ROWS,
+            "windows": DECODER_ROWS,  # the cross K/V: one per window, read by its beams' rows
             "steps": (1, 1, text_positions),
             "past": (0, 64, text_positions - 1),
         }

@@ -18,6 +18,7 @@ from whisper_triton.contract import TensorSpec
 from whisper_triton.manifest import ModelManifest
 
 RUNTIMES = ("python", "onnxruntime", "tensorrt")
+ENCODER_MAX_WINDOWS = 20  # windows per encoder call: the TensorRT profile's maximum (build/tensorrt.py)
 
 
 @dataclass(frozen=True)
@@ -26,6 +27,8 @@ class ServingSettings:
     max_batch_size: int = 8  # requests the encoder/decoder batchers group into one execution
     max_queue_delay_us: int = 5000  # how long a request waits for others to batch with (5 ms)
     max_audio_seconds: float = 600.0  # longer requests are rejected with a clear error
+    max_audio_bytes: int = 128 * 1024 * 1024  # larger AUDIO_BYTES uploads are rejected before parsing
+    decoder_memory_mb: int = 1024  # self-attention cache and logits of one decoder batch, at most
     feature_instances: int = 2  # feature extraction is per request: parallel instances keep up
     threads: int = 2  # intra-op threads of each ONNX Runtime session (this machine has 2 cores)
 
@@ -72,7 +75,10 @@ def model_configs(manifest: ModelManifest, settings: ServingSettings) -> dict[st
         contract.FEATURES_MODEL,
         contract.ensemble_inputs(),
         contract.features_outputs(manifest.n_mels, n_frames),
-        {"n_mels": str(manifest.n_mels), "max_audio_seconds": str(settings.max_audio_seconds)},
+        {
+            "max_audio_seconds": str(settings.max_audio_seconds),
+            "max_audio_bytes": str(settings.max_audio_bytes),
+        },
         0,
         settings.feature_instances,
         settings,
@@ -109,11 +115,18 @@ def model_configs(manifest: ModelManifest, settings: ServingSettings) -> dict[st
         encoder.instance_group.append(mc.ModelInstanceGroup(kind=kind, count=1))
         encoder.dynamic_batching.max_queue_delay_microseconds = settings.max_queue_delay_us
     # With TensorRT the decoding model runs its engines on a GPU: Triton gives each instance a device.
+    encoder_names = _encoder_tensor_names(settings)
     decoder = _python_model(
         contract.DECODER_MODEL,
-        contract.decoder_inputs(manifest.n_audio_ctx, manifest.d_model),
+        contract.decoder_inputs(manifest.n_audio_ctx, manifest.d_model, manifest.n_mels, n_frames),
         contract.decoder_outputs(),
-        threads,
+        {
+            **threads,
+            "max_decoder_rows": str(max_decoder_rows(manifest, settings.decoder_memory_mb)),
+            "encoder_input": encoder_names[0],
+            "encoder_output": encoder_names[1],
+            "encoder_max_windows": str(ENCODER_MAX_WINDOWS),
+        },
         settings.max_batch_size,
         1,
         settings,
@@ -129,9 +142,24 @@ def model_configs(manifest: ModelManifest, settings: ServingSettings) -> dict[st
     }
 
 
+def max_decoder_rows(manifest: ModelManifest, memory_mb: int) -> int:
+    """Decoder rows (windows x beams) whose self-attention cache at full length and per-step logits fit
+    in ``memory_mb``: tiny.en 5.6 MB a row (182 rows in 1 GB), large-v3 147 MB (6 rows)."""
+    cache = 2 * manifest.decoder_layers * manifest.n_text_ctx * manifest.d_model * 4  # keys + values, float32
+    logits = 3 * manifest.n_vocab * 4  # logits, log-probabilities and the filtered copy
+    return max(1, memory_mb * 2**20 // (cache + logits))
+
+
+def _encoder_tensor_names(settings: ServingSettings) -> tuple[str, str]:
+    """The encoder model's input and output names: a Python model's are ours, an ONNX or TensorRT model's
+    the graph's own (Triton maps them by name)."""
+    if settings.runtime == "python":
+        return contract.INPUT_FEATURES, contract.ENCODER_OUTPUT
+    return "input_features", "encoder_output"
+
+
 def _ensemble(settings: ServingSettings) -> mc.ModelConfig:
-    encoder_in = "input_features" if settings.runtime != "python" else contract.INPUT_FEATURES
-    encoder_out = "encoder_output" if settings.runtime != "python" else contract.ENCODER_OUTPUT
+    encoder_in, encoder_out = _encoder_tensor_names(settings)
     config = mc.ModelConfig(name=contract.ENSEMBLE_MODEL, platform="ensemble", max_batch_size=0)
     config.input.extend(_tensor(mc.ModelInput, spec) for spec in contract.ensemble_inputs())
     config.output.extend(_tensor(mc.ModelOutput, spec) for spec in contract.ensemble_outputs())
@@ -150,6 +178,7 @@ def _ensemble(settings: ServingSettings) -> mc.ModelConfig:
             contract.DECODER_MODEL,
             {
                 contract.ENCODER_OUTPUT: "states",
+                contract.INPUT_FEATURES: "features",
                 contract.WINDOWS: "windows",
                 contract.DECODE_OPTIONS: "options",
             },

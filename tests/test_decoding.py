@@ -29,7 +29,7 @@ def test_options_parse_strictly():
     assert DecodingOptions.from_json(b'{"beam_size": 4, "timestamps": true}').beam_size == 4
     for bad, message in [
         ('{"beams": 2}', "unknown option"),
-        ('{"timestamps": "false"}', "true or false"),
+        ('{"timestamps": "false"}', "true, false or null"),
         ('{"beam_size": 0}', "beam_size"),
         ('{"beam_size": 2.5}', "beam_size"),
         ('{"temperature": 1.5}', "temperature"),

@@ -123,7 +123,7 @@ BAD_REQUESTS = {
     "unknown option": (dict(audio=np.zeros(16000, np.float32), options={"beams": 2}), "unknown option"),
     "string boolean": (
         dict(audio=np.zeros(16000, np.float32), options={"timestamps": "false"}),
-        "true or false",
+        "true, false or null",
     ),
     "beam too large": (dict(audio=np.zeros(16000, np.float32), options={"beam_size": 99}), "beam_size"),
     "language on English model": (

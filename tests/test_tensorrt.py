@@ -59,12 +59,13 @@ class _OnnxRuntimeGraph:
         self.calls = 0
 
     def max_shape(self, name: str) -> tuple[int, ...]:
-        return (self._max_rows,)
+        return (self._max_rows, self._max_rows)  # axis 0 of tokens/encoder states, axis 1 of cross_k
 
     def run(self, inputs):
         self.calls += 1
         feed = {i.name: np.ascontiguousarray(inputs[i.name].numpy()) for i in self._session.get_inputs()}
         assert all(len(v) <= self._max_rows for k, v in feed.items() if k in ("tokens", "encoder_output"))
+        assert all(v.shape[1] <= self._max_rows for k, v in feed.items() if k in ("cross_k", "cross_v"))
         outputs = self._session.run(None, feed)
         return {
             o.name: torch.from_numpy(v) for o, v in zip(self._session.get_outputs(), outputs, strict=True)
@@ -73,7 +74,8 @@ class _OnnxRuntimeGraph:
 
 def test_tensorrt_decoder_backend_slices_and_reorders_like_the_onnx_backend(exported, tiny_en, corpus_audio):
     """Greedy, beam 3, timestamps and 2-window audio: same transcripts and segments as OnnxDecoderBackend,
-    with the batch cut into slices of 2 rows (cross K/V: 3) because the 'engines' allow no more."""
+    with the batch cut into slices of whole windows (3 decoder rows, 2 cross K/V windows at most) because
+    the 'engines' allow no more."""
     from training.torch_backend import torch_transcriber
     from whisper_triton.onnx_runtime import OnnxDecoderBackend, OnnxEncoder
     from whisper_triton.tensorrt_runtime import TensorRTDecoderBackend
@@ -82,7 +84,7 @@ def test_tensorrt_decoder_backend_slices_and_reorders_like_the_onnx_backend(expo
     reference = torch_transcriber(*tiny_en)
     manifest, tokenizer, directory = reference.manifest, reference.tokenizer, exported.directory
     encoder = OnnxEncoder(directory)
-    cross, decoder = _OnnxRuntimeGraph(exported.cross_kv, 3), _OnnxRuntimeGraph(exported.decoder, 2)
+    cross, decoder = _OnnxRuntimeGraph(exported.cross_kv, 2), _OnnxRuntimeGraph(exported.decoder, 3)
     sliced = TensorRTDecoderBackend(cross, decoder, manifest, torch.device("cpu"))
     ours = Transcriber(encoder, sliced, manifest, tokenizer)
     onnx = Transcriber(encoder, OnnxDecoderBackend(directory, manifest), manifest, tokenizer)

@@ -31,23 +31,23 @@ class TorchDecoderBackend:
 
     @torch.inference_mode()
     def step(self, tokens: np.ndarray, cache, cross):
+        # transformers' decoder wants the encoder states per row; the rows of a window are consecutive.
+        states = cross.repeat_interleave(tokens.shape[0] // cross.shape[0], dim=0)
         out = self.model.model.decoder(
             input_ids=torch.from_numpy(tokens),
-            encoder_hidden_states=cross,
+            encoder_hidden_states=states,
             use_cache=True,
             **{self._cache_argument: cache},
         )
         logits = self.model.proj_out(out.last_hidden_state)
         return logits.float().numpy(), out.past_key_values
 
-    def select(self, cache, cross, rows: np.ndarray, same_windows: bool = False):
-        index = torch.from_numpy(np.asarray(rows, dtype=np.int64))
-        if same_windows:  # cross-attention keys/values are the same for every row of a window
-            cache.self_attention_cache.reorder_cache(index)
+    def select(self, cache, cross, rows: np.ndarray, windows: np.ndarray | None):
+        if cache is not None:  # transformers keeps self- and cross-attention caches per row
+            cache.reorder_cache(torch.from_numpy(np.asarray(rows, dtype=np.int64)))
+        if windows is None:
             return cache, cross
-        if cache is not None:
-            cache.reorder_cache(index)
-        return cache, cross[index]
+        return cache, cross[torch.from_numpy(np.asarray(windows, dtype=np.int64))]
 
 
 class TorchEncoder:
@@ -60,12 +60,12 @@ class TorchEncoder:
         return states.float().numpy()
 
 
-def torch_transcriber(model, processor) -> Transcriber:
+def torch_transcriber(model, processor, vad=None) -> Transcriber:
     """A ``Transcriber`` running the shared decoding loop on the PyTorch model."""
 
     manifest = manifest_from_model(model, processor)
     return Transcriber(
-        TorchEncoder(model), TorchDecoderBackend(model), manifest, _HFTokenizer(processor.tokenizer)
+        TorchEncoder(model), TorchDecoderBackend(model), manifest, _HFTokenizer(processor.tokenizer), vad
     )
 
 

@@ -16,6 +16,7 @@ Conventions:
 from __future__ import annotations
 
 import io
+import re
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,30 @@ TRIM_TOP_DB = (
 TRIM_FRAME_LENGTH = N_FFT
 TRIM_HOP_LENGTH = HOP_LENGTH
 RESAMPLE_QUALITY = "HQ"  # soxr's "high quality" preset (20-bit precision): transparent for speech
+DECODE_BLOCK_SECONDS = 10  # decoding reads, mixes down and resamples this much audio at a time
+HEADER_SLACK = 1.05  # container durations are estimates (VBR MP3): refuse early only when clearly over
+# The FFmpeg demuxers an upload may use: audio and audio-in-video containers. Not allowed: playlists
+# (concat, hls) that open other files, sdp/rtp/rtsp that open sockets, devices, image sequences.
+FFMPEG_DEMUXERS = (
+    "aac",
+    "ac3",
+    "aiff",
+    "amr",
+    "ape",
+    "asf",
+    "au",
+    "caf",
+    "eac3",
+    "flac",
+    "matroska,webm",
+    "mov,mp4,m4a,3gp,3g2,mj2",
+    "mp3",
+    "ogg",
+    "tta",
+    "w64",
+    "wav",
+    "wv",
+)
 
 
 class AudioError(ValueError):
@@ -45,31 +70,44 @@ class AudioError(ValueError):
 
 
 def load_audio(
-    source: str | Path | bytes | bytearray | memoryview, sample_rate: int = SAMPLE_RATE
+    source: str | Path | bytes | bytearray | memoryview,
+    sample_rate: int = SAMPLE_RATE,
+    *,
+    max_seconds: float | None = None,
+    max_bytes: int | None = None,
 ) -> np.ndarray:
     """Decode a file or an encoded byte string to mono float32 at ``sample_rate`` (16 kHz by default).
 
     WAV, FLAC, OGG/Vorbis and the other formats libsndfile knows (MP3 too, from libsndfile 1.1) are read
-    with soundfile; anything else (m4a/AAC, webm/Opus, video containers, ...) is decoded with PyAV. Channels
-    are averaged and the result is resampled with soxr. Raises :class:`AudioError` for a missing or empty
-    file, undecodable data, audio with no samples, and NaN or infinite samples.
+    with soundfile; anything else (m4a/AAC, webm/Opus, video containers, ...) is decoded with PyAV, whose
+    FFmpeg may only use the audio container demuxers of ``FFMPEG_DEMUXERS`` (no playlists, network
+    sessions or devices: an upload never makes the server open another file or a socket).
+
+    Bounded: ``max_bytes`` is checked before anything is parsed; the duration and channels are read from
+    the container before decoding, and decoding runs in blocks, mixed down to mono and resampled as it
+    goes, stopping as soon as ``max_seconds`` is passed (whatever the header claimed). Memory is then the
+    output and one block, never the whole decoded stream.
+
+    Raises :class:`AudioError` for a missing or empty file, undecodable data, audio with no samples,
+    NaN or infinite samples, too many channels, and audio over the limits.
     """
     _check_rate(sample_rate, "target sample_rate")
-    name, data = _open_source(source)
+    name, data = _open_source(source, max_bytes)
+    limit = _Limit(name, max_seconds)
     try:
-        audio, native_rate = _read_soundfile(data)
+        return _read_soundfile(data, sample_rate, limit)
+    except AudioError:
+        raise
     except (sf.SoundFileError, RuntimeError, TypeError) as sf_error:
         data = _rewind(data)
         try:
-            audio, native_rate = _read_pyav(data, name)
+            return _read_pyav(data, name, sample_rate, limit)
         except AudioError:
             raise
         except Exception as av_error:  # PyAV raises FFmpegError subclasses, ValueError and OSError
             raise AudioError(
-                f"{name}: cannot decode audio (soundfile: {sf_error}; PyAV: {av_error})"
+                f"{name}: cannot decode audio (soundfile: {_reason(sf_error)}; FFmpeg: {_reason(av_error)})"
             ) from av_error
-    # Decoders report the channel layout, so mix down directly rather than guess it like to_mono.
-    return _finish(audio.mean(axis=0, dtype=np.float32), native_rate, sample_rate, name)
 
 
 def preprocess_audio(
@@ -176,14 +214,16 @@ def strip_silence(
     return audio[starts[first] : ends[last]].copy()
 
 
-def _open_source(source) -> tuple[str, str | io.BytesIO]:
-    """A name for messages and something soundfile/PyAV can open; rejects missing and empty inputs."""
+def _open_source(source, max_bytes: int | None = None) -> tuple[str, str | io.BytesIO]:
+    """A name for messages and something soundfile/PyAV can open; rejects missing, empty and oversized inputs."""
     if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-        name = f"<{len(data)} bytes of audio>"
-        if not data:
+        size = len(source)
+        name = f"<{size} bytes of audio>"
+        if not size:
             raise AudioError(f"{name}: no data")
-        return name, io.BytesIO(data)
+        if max_bytes is not None and size > max_bytes:
+            raise AudioError(f"{name}: the upload is {size} bytes, more than the maximum of {max_bytes}")
+        return name, io.BytesIO(bytes(source))
     if not isinstance(source, (str, Path)):
         raise TypeError(f"load_audio expects a path or bytes, got {type(source).__name__}")
     path = Path(source)
@@ -191,9 +231,17 @@ def _open_source(source) -> tuple[str, str | io.BytesIO]:
         raise AudioError(f"{path}: no such file")
     if not path.is_file():
         raise AudioError(f"{path}: not a regular file")
-    if path.stat().st_size == 0:
+    size = path.stat().st_size
+    if size == 0:
         raise AudioError(f"{path}: file is empty (0 bytes)")
+    if max_bytes is not None and size > max_bytes:
+        raise AudioError(f"{path}: the file is {size} bytes, more than the maximum of {max_bytes}")
     return str(path), str(path)
+
+
+def _reason(error: Exception) -> str:
+    """A decoder's error without the object reprs and addresses it quotes (``<_io.BytesIO object at ...>``)."""
+    return re.sub(r"^.*<[^>]*object at 0x[0-9a-f]+>:?\s*", "", str(error)).strip() or type(error).__name__
 
 
 def _rewind(data: str | io.BytesIO) -> str | io.BytesIO:
@@ -202,29 +250,98 @@ def _rewind(data: str | io.BytesIO) -> str | io.BytesIO:
     return data
 
 
-def _read_soundfile(data: str | io.BytesIO) -> tuple[np.ndarray, int]:
-    audio, rate = sf.read(data, dtype="float32", always_2d=True)  # [samples, channels]
-    return audio.T, rate  # [channels, samples], as PyAV gives
+class _Limit:
+    """The duration budget of one decode, checked on the header and again while decoding."""
+
+    def __init__(self, name: str, max_seconds: float | None):
+        self.name, self.max_seconds = name, max_seconds
+
+    def check_header(self, seconds: float | None, channels: int) -> None:
+        if channels < 1:
+            raise AudioError(f"{self.name}: no audio channels")
+        if channels > MAX_CHANNELS:
+            raise AudioError(f"{self.name}: {channels} channels; at most {MAX_CHANNELS}")
+        if self.max_seconds is not None and seconds is not None and seconds > self.max_seconds * HEADER_SLACK:
+            raise AudioError(self._too_long(seconds))
+
+    def check_decoded(self, samples: int, rate: int) -> None:
+        if self.max_seconds is not None and samples > self.max_seconds * rate:
+            raise AudioError(self._too_long(samples / rate, "at least "))
+
+    def _too_long(self, seconds: float, qualifier: str = "") -> str:
+        return (
+            f"{self.name}: the audio lasts {qualifier}{seconds:.1f} s, more than the maximum of "
+            f"{self.max_seconds:g} s"
+        )
 
 
-def _read_pyav(data: str | io.BytesIO, name: str) -> tuple[np.ndarray, int]:
+class _MonoStream:
+    """Blocks of multichannel float audio in, validated mono resampled to ``target`` out."""
+
+    def __init__(self, name: str, rate: int, target: int, limit: _Limit):
+        _check_rate(rate, f"{name}: sample rate")
+        self.name, self.rate, self.limit = name, rate, limit
+        self.decoded, self.parts, self.non_finite = 0, [], 0
+        self._stream = (
+            None if rate == target else soxr.ResampleStream(rate, target, 1, "float32", RESAMPLE_QUALITY)
+        )
+
+    def add(self, block: np.ndarray) -> None:
+        """``block``: ``[channels, samples]`` float32."""
+        mono = block.mean(axis=0, dtype=np.float32) if block.shape[0] > 1 else block[0].astype(np.float32)
+        self.decoded += mono.size
+        self.limit.check_decoded(self.decoded, self.rate)
+        self.non_finite += int(np.count_nonzero(~np.isfinite(mono)))
+        if self.non_finite:
+            return  # reported at the end with the count; nothing more to resample
+        self.parts.append(mono if self._stream is None else self._stream.resample_chunk(mono))
+
+    def finish(self) -> np.ndarray:
+        if self.decoded == 0:
+            raise AudioError(f"{self.name}: contains no audio samples")
+        if self.non_finite:
+            raise AudioError(f"{self.name}: {self.non_finite} of {self.decoded} samples are NaN or infinite")
+        if self._stream is not None:
+            self.parts.append(self._stream.resample_chunk(np.zeros(0, np.float32), last=True))
+        return np.ascontiguousarray(np.concatenate(self.parts), dtype=np.float32)
+
+
+def _read_soundfile(data: str | io.BytesIO, target: int, limit: _Limit) -> np.ndarray:
+    with sf.SoundFile(data) as handle:
+        seconds = handle.frames / handle.samplerate if handle.frames > 0 else None
+        limit.check_header(seconds, handle.channels)
+        stream = _MonoStream(limit.name, handle.samplerate, target, limit)
+        for block in handle.blocks(
+            blocksize=DECODE_BLOCK_SECONDS * handle.samplerate, dtype="float32", always_2d=True
+        ):
+            stream.add(block.T)
+    return stream.finish()
+
+
+def _read_pyav(data: str | io.BytesIO, name: str, target: int, limit: _Limit) -> np.ndarray:
     # Imported here: PyAV loads all of FFmpeg's libraries and is only needed for formats libsndfile lacks.
     import av
 
-    with av.open(data, mode="r") as container:
+    with av.open(data, mode="r", options={"format_whitelist": ",".join(FFMPEG_DEMUXERS)}) as container:
         if not container.streams.audio:
             raise AudioError(f"{name}: no audio stream in the file")
-        stream = container.streams.audio[0]
-        # Convert to float planar only; keep the native rate and channels so soxr resamples and we mix down.
+        audio_stream = container.streams.audio[0]
+        context = audio_stream.codec_context
+        seconds = container.duration / av.time_base if container.duration else None
+        limit.check_header(seconds, context.channels)
+        # Convert to float planar only: soxr resamples and we mix down ourselves.
         resampler = av.AudioResampler(format="fltp")
-        planes = []
-        for frame in container.decode(stream):
-            planes.extend(out.to_ndarray() for out in resampler.resample(frame))
-        planes.extend(out.to_ndarray() for out in resampler.resample(None))
-        rate = stream.codec_context.sample_rate
-    if not planes:
+        stream = None
+        for frame in container.decode(audio_stream):
+            for out in resampler.resample(frame):
+                stream = stream or _MonoStream(name, out.sample_rate, target, limit)
+                stream.add(out.to_ndarray())
+        for out in resampler.resample(None):
+            stream = stream or _MonoStream(name, out.sample_rate, target, limit)
+            stream.add(out.to_ndarray())
+    if stream is None:
         raise AudioError(f"{name}: the audio stream decoded to no samples")
-    return np.concatenate(planes, axis=1), rate  # [channels, samples]
+    return stream.finish()
 
 
 def _finish(mono: np.ndarray, rate: int, target_rate: int, name: str) -> np.ndarray:

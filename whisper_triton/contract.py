@@ -28,9 +28,10 @@ OPTIONS = "OPTIONS"
 TEXT = "TEXT"
 SEGMENTS = "SEGMENTS"
 INPUT_FEATURES = "INPUT_FEATURES"  # [1, windows, n_mels, 3000] log-mel windows of one request
-WINDOWS = "WINDOWS"  # [1, windows, 2] start and end (seconds) of each window in the request's audio
+WINDOWS = "WINDOWS"  # [1, windows, 3] start, end and last speech (seconds) of each window in the audio
 ENCODER_OUTPUT = "ENCODER_OUTPUT"  # [1, windows, 1500, d_model]
 DECODE_OPTIONS = "DECODE_OPTIONS"  # the validated options, as canonical JSON, passed on to decoding
+WINDOW_COLUMNS = 3  # start, end, end of the last speech
 
 
 @dataclass(frozen=True)
@@ -59,7 +60,7 @@ def ensemble_outputs() -> tuple[TensorSpec, ...]:
 def features_outputs(n_mels: int, n_frames: int) -> tuple[TensorSpec, ...]:
     return (
         TensorSpec(INPUT_FEATURES, "TYPE_FP32", (1, -1, n_mels, n_frames)),
-        TensorSpec(WINDOWS, "TYPE_FP32", (1, -1, 2)),
+        TensorSpec(WINDOWS, "TYPE_FP32", (1, -1, WINDOW_COLUMNS)),
         TensorSpec(DECODE_OPTIONS, "TYPE_STRING", (1, 1)),
     )
 
@@ -73,10 +74,13 @@ def encoder_outputs(n_positions: int, d_model: int) -> tuple[TensorSpec, ...]:
     return (TensorSpec(ENCODER_OUTPUT, "TYPE_FP32", (-1, n_positions, d_model)),)
 
 
-def decoder_inputs(n_positions: int, d_model: int) -> tuple[TensorSpec, ...]:
+def decoder_inputs(n_positions: int, d_model: int, n_mels: int, n_frames: int) -> tuple[TensorSpec, ...]:
+    """The decoder also gets the log-mel windows: a window decoded only in part is continued by encoding
+    its shifted log-mel again."""
     return (
         TensorSpec(ENCODER_OUTPUT, "TYPE_FP32", (-1, n_positions, d_model)),
-        TensorSpec(WINDOWS, "TYPE_FP32", (-1, 2)),
+        TensorSpec(INPUT_FEATURES, "TYPE_FP32", (-1, n_mels, n_frames)),
+        TensorSpec(WINDOWS, "TYPE_FP32", (-1, WINDOW_COLUMNS)),
         TensorSpec(DECODE_OPTIONS, "TYPE_STRING", (1,)),
     )
 

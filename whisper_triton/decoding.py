@@ -1,15 +1,20 @@
-"""Greedy and beam search over any Whisper decoder backend, with openai/whisper's logit rules.
+"""Greedy, sampling and beam search over any Whisper decoder backend, with openai/whisper's logit rules.
 
 The search knows nothing of its backend: a ``DecoderBackend`` (ONNX Runtime in-process, TensorRT,
 PyTorch) computes the cross-attention keys/values once per window, runs one decoder step over new
-tokens with its self-attention cache, and selects cache rows (to drop finished windows and to reorder
-beams). Everything is numpy at this seam.
+tokens with its self-attention cache, and keeps a subset of the cache's rows and of the windows.
+Everything is numpy at this seam.
+
+Rows and windows: each window is decoded by ``k`` consecutive rows (1 for greedy, the beam width, or the
+number of samples), and every row of a window reads that window's one copy of the cross-attention
+keys/values (the backends broadcast it), so beam search costs one cross K/V per window, not per beam.
+Windows that finish leave the batch with all their rows.
 
 Rules (as openai/whisper's ``decoding.py``): suppress a leading blank and an immediate end of text,
 suppress the model's non-speech tokens, and with timestamps: timestamps come in pairs, never decrease,
 the first is at most ``max_initial_timestamp_index`` steps, and a timestamp is forced when the
-timestamp tokens together are more likely than any text token. Beam search ranks finished sequences by
-their sum of log-probabilities divided by their length.
+timestamp tokens together are more likely than any text token. Finished sequences are ranked by their
+sum of log-probabilities divided by their length.
 """
 
 from __future__ import annotations
@@ -26,20 +31,20 @@ from whisper_triton.options import MAX_PROMPT_TOKENS, DecodingOptions
 
 class DecoderBackend(Protocol):
     def cross_attention(self, encoder_output: np.ndarray) -> Any:
-        """Per-window state computed once from encoder states ``[N, n_audio_ctx, d_model]``."""
+        """Per-window state computed once from encoder states ``[W, n_audio_ctx, d_model]``."""
 
-    def new_cache(self, batch: int) -> Any:
-        """An empty self-attention cache for ``batch`` rows."""
+    def new_cache(self, rows: int) -> Any:
+        """An empty self-attention cache for ``rows`` rows."""
 
     def step(self, tokens: np.ndarray, cache: Any, cross: Any) -> tuple[np.ndarray, Any]:
-        """Logits ``[B, T, vocab]`` (float32) for new ``tokens`` ``[B, T]`` (int64), and the grown cache."""
+        """Logits ``[R, T, vocab]`` (float32) for new ``tokens`` ``[R, T]`` (int64) and the grown cache.
 
-    def select(self, cache: Any, cross: Any, rows: np.ndarray, same_windows: bool = False) -> tuple[Any, Any]:
-        """Cache and cross state keeping ``rows`` (in that order; rows may repeat).
-
-        ``same_windows``: every row keeps the window it had (a beam reorder), so the cross state, which
-        is identical for all rows of a window, needs no copy: only the self-attention cache moves.
+        ``R`` is a multiple of the windows in ``cross``: rows ``i*k .. i*k+k-1`` read window ``i``.
         """
+
+    def select(self, cache: Any, cross: Any, rows: np.ndarray, windows: np.ndarray | None) -> tuple[Any, Any]:
+        """The cache keeping ``rows`` (in that order; rows may repeat) and, unless ``windows`` is None,
+        the cross state keeping ``windows``."""
 
 
 class Tokenizer(Protocol):
@@ -64,23 +69,33 @@ class WindowResult:
     text: str
     avg_logprob: float
     no_speech_prob: float
+    temperature: float = 0.0
+    language: str | None = None  # the language it was decoded as ("en" for English-only models)
     segments: list[Segment] = field(default_factory=list)
 
 
 def build_prompt(
-    manifest: ModelManifest, options: DecodingOptions, tokenizer: Tokenizer
+    manifest: ModelManifest,
+    options: DecodingOptions,
+    tokenizer: Tokenizer,
+    language: str | None = None,
+    previous: list[int] | None = None,
 ) -> tuple[list[int], int]:
-    """The decoder prompt for ``options`` and the index of <|startoftranscript|> in it."""
+    """The decoder prompt and the index of <|startoftranscript|> in it.
+
+    ``language`` overrides ``options.language`` (a detected language); ``previous`` are text tokens
+    that condition the decoder like openai/whisper's previous-text prompt (after ``initial_prompt``).
+    """
     tokens = manifest.tokens
-    prompt: list[int] = []
+    context: list[int] = []
     if options.initial_prompt and options.initial_prompt.strip():
-        prompt = [tokens.sot_prev] + tokenizer.encode(" " + options.initial_prompt.strip())[
-            -MAX_PROMPT_TOKENS:
-        ]
+        context = tokenizer.encode(" " + options.initial_prompt.strip())
+    context += list(previous or [])
+    prompt = [tokens.sot_prev] + context[-MAX_PROMPT_TOKENS:] if context else []
     sot_index = len(prompt)
     prompt.append(tokens.sot)
     if manifest.is_multilingual:
-        language = options.language or "en"
+        language = language or options.language or "en"
         if language not in tokens.languages:
             raise ValueError(f"unknown language {language!r}; this model knows {sorted(tokens.languages)}")
         prompt += [
@@ -113,7 +128,36 @@ class LogitRules:
             logits[:, self.suppress] = -np.inf
         if self.options.timestamps:
             self._timestamp_rules(logits, tokens)
+        if self.options.repetition_penalty != 1.0:
+            self._repetition_penalty(logits, tokens)
+        if self.options.no_repeat_ngram_size:
+            self._no_repeat_ngrams(logits, tokens)
         return logits
+
+    def _repetition_penalty(self, logits: np.ndarray, tokens: np.ndarray) -> None:
+        # transformers' rule, over the whole sequence so far (prompt included, as generate() does): a
+        # positive logit is divided by the penalty, a negative one multiplied, so > 1 always discourages.
+        penalty = self.options.repetition_penalty
+        for row in range(tokens.shape[0]):
+            seen = np.unique(tokens[row])
+            values = logits[row, seen]
+            logits[row, seen] = np.where(values > 0, values / penalty, values * penalty)
+
+    def _no_repeat_ngrams(self, logits: np.ndarray, tokens: np.ndarray) -> None:
+        # transformers' rule: a token that would complete an n-gram already in the sequence is banned.
+        n = self.options.no_repeat_ngram_size
+        if tokens.shape[1] + 1 < n:
+            return
+        for row in range(tokens.shape[0]):
+            sequence = tokens[row].tolist()
+            prefix = tuple(sequence[len(sequence) - n + 1 :]) if n > 1 else ()
+            banned = [
+                sequence[i + n - 1]
+                for i in range(len(sequence) - n + 1)
+                if tuple(sequence[i : i + n - 1]) == prefix
+            ]
+            if banned:
+                logits[row, banned] = -np.inf
 
     def _timestamp_rules(self, logits: np.ndarray, tokens: np.ndarray) -> None:
         special = self.manifest.tokens
@@ -152,6 +196,19 @@ def log_softmax(logits: np.ndarray) -> np.ndarray:
         return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
 
 
+@dataclass(frozen=True)
+class _Run:
+    """What every search of one ``decode`` call shares."""
+
+    backend: Any
+    manifest: ModelManifest
+    options: DecodingOptions
+    prompts: list[list[int]]  # per window (equal lengths within a call)
+    sot_index: int
+    max_length: int
+    rules: LogitRules
+
+
 def decode(
     backend: DecoderBackend,
     encoder_output: np.ndarray,
@@ -159,25 +216,65 @@ def decode(
     options: DecodingOptions,
     tokenizer: Tokenizer,
     window_durations: np.ndarray | None = None,
+    temperature: float | None = None,
+    languages: list[str | None] | None = None,
+    previous: list[list[int]] | None = None,
+    seed: int | None = None,
 ) -> list[WindowResult]:
-    """Decode every window of ``encoder_output`` ``[N, n_audio_ctx, d_model]`` with ``options``."""
-    prompt, sot_index = build_prompt(manifest, options, tokenizer)
+    """Decode every window of ``encoder_output`` ``[W, n_audio_ctx, d_model]`` once.
+
+    ``temperature`` (default ``options.temperature``): 0 searches (greedy, or beam search with
+    ``options.beam_size`` beams); above 0 it samples ``options.best_of`` candidates per window (one when
+    ``options.temperature`` itself asked for sampling) and keeps the most likely. ``languages`` and
+    ``previous`` are per window (a detected language; text tokens that condition the window).
+    """
     count = encoder_output.shape[0]
-    max_length = min(len(prompt) + options.max_new_tokens, manifest.n_text_ctx)
-    if len(prompt) >= manifest.n_text_ctx:
+    temperature = options.temperature if temperature is None else temperature
+    languages = languages or [None] * count
+    previous = previous or [[] for _ in range(count)]
+    built = [
+        build_prompt(manifest, options, tokenizer, lang, prev)
+        for lang, prev in zip(languages, previous, strict=True)
+    ]
+    prompts = [prompt for prompt, _ in built]
+    if len({len(p) for p in prompts}) > 1:  # one step feeds all rows: split into calls of equal prompt length
+        return _decode_by_prompt_length(
+            backend,
+            encoder_output,
+            manifest,
+            options,
+            tokenizer,
+            window_durations,
+            temperature,
+            languages,
+            previous,
+            seed,
+        )
+    length = len(prompts[0])
+    if length >= manifest.n_text_ctx:
         raise ValueError(
-            f"prompt of {len(prompt)} tokens leaves no room in the {manifest.n_text_ctx}-token context"
+            f"prompt of {length} tokens leaves no room in the {manifest.n_text_ctx}-token context"
         )
-    rules = LogitRules(manifest, options, len(prompt))
+    run = _Run(
+        backend,
+        manifest,
+        options,
+        prompts,
+        built[0][1],
+        min(length + options.max_new_tokens, manifest.n_text_ctx),
+        LogitRules(manifest, options, length),
+    )
     cross = backend.cross_attention(encoder_output)
-    if options.beam_size == 1:
-        sequences, sum_logprobs, no_speech = _greedy(
-            backend, cross, prompt, sot_index, count, max_length, rules, manifest, options
-        )
+    if temperature > 0:
+        # openai/whisper samples best_of candidates at a fallback temperature; a client's own temperature
+        # asks for one sample.
+        candidates = 1 if options.temperature > 0 else options.best_of
+        rng = np.random.default_rng(options.seed if seed is None else seed)
+        sequences, sums, no_speech = _sample(run, cross, count, candidates, temperature, rng)
+    elif options.beam_size > 1:
+        sequences, sums, no_speech = _beam(run, cross, count)
     else:
-        sequences, sum_logprobs, no_speech = _beam(
-            backend, cross, prompt, sot_index, count, max_length, rules, manifest, options
-        )
+        sequences, sums, no_speech = _sample(run, cross, count, 1, 0.0, None)
     durations = window_durations if window_durations is not None else np.full(count, 30.0)
     results = []
     for index, sampled in enumerate(sequences):
@@ -186,34 +283,71 @@ def decode(
             WindowResult(
                 tokens=sampled,
                 text=tokenizer.decode(text_tokens).strip(),
-                avg_logprob=float(sum_logprobs[index] / (len(sampled) + 1)),
+                avg_logprob=float(sums[index] / (len(sampled) + 1)),
                 no_speech_prob=float(no_speech[index]),
+                temperature=float(temperature),
+                language=(languages[index] or options.language or "en") if manifest.is_multilingual else "en",
                 segments=split_segments(sampled, manifest, tokenizer, float(durations[index])),
             )
         )
     return results
 
 
-def _first_step(backend, cross, prompt, sot_index, rows, manifest):
-    tokens = np.tile(np.asarray(prompt, dtype=np.int64), (rows, 1))
-    logits, cache = backend.step(tokens, backend.new_cache(rows), cross)
-    no_speech = np.exp(log_softmax(logits[:, sot_index].astype(np.float32)))[:, manifest.tokens.no_speech]
+def _decode_by_prompt_length(
+    backend, encoder_output, manifest, options, tokenizer, durations, temperature, languages, previous, seed
+):
+    """``decode`` for windows whose prompts differ in length (different previous text): one call per length."""
+    lengths = [
+        len(build_prompt(manifest, options, tokenizer, lang, prev)[0])
+        for lang, prev in zip(languages, previous, strict=True)
+    ]
+    results: list[WindowResult | None] = [None] * len(lengths)
+    durations = durations if durations is not None else np.full(len(lengths), 30.0)
+    for length in sorted(set(lengths)):
+        members = [i for i, value in enumerate(lengths) if value == length]
+        decoded = decode(
+            backend,
+            encoder_output[members],
+            manifest,
+            options,
+            tokenizer,
+            durations[members],
+            temperature,
+            [languages[i] for i in members],
+            [previous[i] for i in members],
+            seed,
+        )
+        for i, result in zip(members, decoded, strict=True):
+            results[i] = result
+    return results
+
+
+def _first_step(run: _Run, cross, windows: int, per_window: int):
+    """Run the prompts (``per_window`` identical rows per window): tokens, last logits, cache, no-speech."""
+    rows = windows * per_window
+    tokens = np.repeat(np.asarray(run.prompts, dtype=np.int64), per_window, axis=0)
+    logits, cache = run.backend.step(tokens, run.backend.new_cache(rows), cross)
+    sot_logprobs = log_softmax(logits[::per_window, run.sot_index].astype(np.float32))
+    no_speech = np.exp(sot_logprobs)[:, run.manifest.tokens.no_speech]
     return tokens, logits[:, -1].astype(np.float32), cache, no_speech
 
 
-def _greedy(backend, cross, prompt, sot_index, count, max_length, rules, manifest, options):
-    eot = manifest.tokens.eot
-    tokens, logits, cache, no_speech = _first_step(backend, cross, prompt, sot_index, count, manifest)
-    rng = np.random.default_rng(options.seed)
-    sequences: list[list[int]] = [[] for _ in range(count)]
-    sum_logprobs = np.zeros(count)
-    active = np.arange(count)  # window index of each row still decoding
+def _sample(run: _Run, cross, count: int, candidates: int, temperature: float, rng):
+    """Greedy (``temperature`` 0) or sampling with ``candidates`` rows per window; the best row each."""
+    eot = run.manifest.tokens.eot
+    tokens, logits, cache, no_speech = _first_step(run, cross, count, candidates)
+    rows = count * candidates
+    sequences: list[list[int]] = [[] for _ in range(rows)]
+    sum_logprobs = np.zeros(rows)
+    active = np.arange(rows)  # original row of each row still decoding
     while True:
-        logits = rules.apply(logits, tokens)
+        logits = run.rules.apply(logits, tokens)
         logprobs = log_softmax(logits)
-        if options.temperature > 0:
-            probs = np.exp(log_softmax(logits / options.temperature))
-            chosen = np.array([rng.choice(probs.shape[1], p=p / p.sum()) for p in probs])
+        if temperature > 0:
+            # Gumbel-max: the argmax of logits / T plus Gumbel noise is a sample of softmax(logits / T),
+            # for every row at once.
+            scaled = _top_k_top_p(logits / temperature, run.options)
+            chosen = (scaled + rng.gumbel(size=scaled.shape)).argmax(axis=-1)
         else:
             chosen = logits.argmax(axis=-1)
         sum_logprobs[active] += logprobs[np.arange(len(active)), chosen]
@@ -221,45 +355,73 @@ def _greedy(backend, cross, prompt, sot_index, count, max_length, rules, manifes
             sequences[row].append(int(token))
         tokens = np.concatenate([tokens, chosen[:, None].astype(np.int64)], axis=1)
         running = chosen != eot
-        if tokens.shape[1] >= max_length or not running.any():
+        if tokens.shape[1] >= run.max_length or not running.any():
             break
-        if not running.all():  # drop finished rows from the batch and the caches
-            keep = np.flatnonzero(running)
-            cache, cross = backend.select(cache, cross, keep)
-            tokens, active = tokens[keep], active[keep]
-        step_logits, cache = backend.step(tokens[:, -1:], cache, cross)
+        if not running.all():
+            # A window leaves the batch once all its rows ended (rows of a window stay together, as the
+            # backends' shared cross K/V needs); its ended rows keep stepping until then, ignored.
+            window_running = np.add.reduceat(running, np.arange(0, len(running), candidates)) > 0
+            if not window_running.all():
+                keep_windows = np.flatnonzero(window_running)
+                keep = (keep_windows[:, None] * candidates + np.arange(candidates)).reshape(-1)
+                cache, cross = run.backend.select(cache, cross, keep, keep_windows)
+                tokens, active, running = tokens[keep], active[keep], running[keep]
+            done_rows = ~running
+        else:
+            done_rows = None
+        step_logits, cache = run.backend.step(tokens[:, -1:], cache, cross)
         logits = step_logits[:, -1].astype(np.float32)
-    return [[t for t in seq if t != eot] for seq in sequences], sum_logprobs, no_speech
+        if done_rows is not None and done_rows.any():
+            logits[done_rows] = -np.inf  # a finished row only repeats end of text, which it never scores
+            logits[done_rows, eot] = 0.0
+    # A row that ended early repeated end of text (at log-probability 0) while its window went on.
+    finished = [seq[: seq.index(eot)] if eot in seq else seq for seq in sequences]
+    best, sums = [], np.zeros(count)
+    for window in range(count):
+        rows_of_window = range(window * candidates, (window + 1) * candidates)
+        # openai/whisper's ranking without a length penalty: mean log-probability per token.
+        pick = max(rows_of_window, key=lambda r: sum_logprobs[r] / max(len(finished[r]), 1))
+        best.append(finished[pick])
+        sums[window] = sum_logprobs[pick]
+    return best, sums, no_speech
 
 
-def _beam(backend, cross, prompt, sot_index, count, max_length, rules, manifest, options):
-    eot, beams = manifest.tokens.eot, options.beam_size
-    # One row per (window, beam); all beams of a window start from the same prompt.
-    repeat = np.repeat(np.arange(count), beams)
-    _, first_logits, cache, no_speech = _first_step(backend, cross, prompt, sot_index, count, manifest)
-    cache, cross = backend.select(cache, cross, repeat)
-    tokens = np.tile(np.asarray(prompt, dtype=np.int64), (count * beams, 1))
-    logits = first_logits[repeat]
+def _top_k_top_p(logits: np.ndarray, options: DecodingOptions) -> np.ndarray:
+    """transformers' sampling filters, in its order: keep the ``top_k`` likeliest tokens, then the
+    smallest set whose probability reaches ``top_p`` (always at least one token)."""
+    if options.top_k is not None and options.top_k < logits.shape[1]:
+        kth = np.partition(logits, -options.top_k, axis=1)[:, -options.top_k][:, None]
+        logits = np.where(logits < kth, -np.inf, logits)
+    if options.top_p is not None and options.top_p < 1.0:
+        order = np.argsort(-logits, axis=1)
+        probs = np.exp(log_softmax(np.take_along_axis(logits, order, axis=1)))
+        # Drop a token when the tokens above it already hold top_p of the probability.
+        drop_sorted = (np.cumsum(probs, axis=1) - probs) >= options.top_p
+        drop = np.zeros_like(drop_sorted)
+        np.put_along_axis(drop, order, drop_sorted, axis=1)
+        logits = np.where(drop, -np.inf, logits)
+    return logits
+
+
+def _beam(run: _Run, cross, count: int):
+    eot, beams = run.manifest.tokens.eot, run.options.beam_size
+    sample_begin = len(run.prompts[0])
+    tokens, logits, cache, no_speech = _first_step(run, cross, count, beams)
     scores = np.zeros(count * beams)
     scores[np.arange(count * beams) % beams != 0] = -np.inf  # identical beams: only the first one expands
     finished: list[dict[tuple[int, ...], float]] = [{} for _ in range(count)]
-    done = np.zeros(count, dtype=bool)
+    live = np.arange(count)  # window index of each window still in the batch
     while True:
-        logprobs = log_softmax(rules.apply(logits, tokens))
-        next_tokens, sources, next_scores = [], [], []
-        for window in range(count):
-            rows = range(window * beams, (window + 1) * beams)
-            if done[window]:  # keep a placeholder row so the batch layout stays fixed
-                next_tokens += [eot] * beams
-                sources += list(rows)
-                next_scores += [-np.inf] * beams
-                continue
+        logprobs = log_softmax(run.rules.apply(logits, tokens))
+        next_tokens, sources, next_scores, done = [], [], [], np.zeros(len(live), dtype=bool)
+        for slot, window in enumerate(live):
+            rows = range(slot * beams, (slot + 1) * beams)
             candidates: dict[tuple[int, ...], tuple[float, int]] = {}
             for row in rows:
                 if not np.isfinite(scores[row]):
                     continue
                 top = np.argpartition(-logprobs[row], beams + 1)[: beams + 1]  # O(vocab), no full sort
-                prefix = tuple(int(t) for t in tokens[row, len(prompt) :])
+                prefix = tuple(int(t) for t in tokens[row, sample_begin:])
                 for token in top:
                     score = scores[row] + logprobs[row, token]
                     key = prefix + (int(token),)
@@ -282,25 +444,32 @@ def _beam(backend, cross, prompt, sot_index, count, max_length, rules, manifest,
                 sources.append(rows[0])
                 next_scores.append(-np.inf)
                 kept += 1
-            if len(finished[window]) >= beams:
-                done[window] = True
+            done[slot] = len(finished[window]) >= beams
         sources_array = np.asarray(sources)
         tokens = np.concatenate(
             [tokens[sources_array], np.asarray(next_tokens, dtype=np.int64)[:, None]], axis=1
         )
         scores = np.asarray(next_scores)
-        if done.all() or tokens.shape[1] >= max_length:
+        if tokens.shape[1] >= run.max_length or done.all():
+            _collect_live(finished, live, tokens, scores, beams, sample_begin)
             break
-        cache, cross = backend.select(cache, cross, sources_array, same_windows=True)
-        step_logits, cache = backend.step(tokens[:, -1:], cache, cross)
+        if done.any():  # finished windows leave the batch, with their beams and their cross K/V
+            keep_slots = np.flatnonzero(~done)
+            keep = (keep_slots[:, None] * beams + np.arange(beams)).reshape(-1)
+            sources_array, tokens, scores, live = (
+                sources_array[keep],
+                tokens[keep],
+                scores[keep],
+                live[keep_slots],
+            )
+            cache, cross = run.backend.select(cache, cross, sources_array, keep_slots)
+        else:
+            cache, cross = run.backend.select(cache, cross, sources_array, None)
+        step_logits, cache = run.backend.step(tokens[:, -1:], cache, cross)
         logits = step_logits[:, -1].astype(np.float32)
     results, sums = [], np.zeros(count)
     for window in range(count):
-        pool = dict(finished[window])
-        if len(pool) < beams:  # ran out of length: live beams count as finished
-            for row in range(window * beams, (window + 1) * beams):
-                if np.isfinite(scores[row]):
-                    pool.setdefault(tuple(int(t) for t in tokens[row, len(prompt) :]), scores[row])
+        pool = finished[window]
         if not pool:
             results.append([])
             continue
@@ -311,10 +480,23 @@ def _beam(backend, cross, prompt, sot_index, count, max_length, rules, manifest,
     return results, sums, no_speech
 
 
+def _collect_live(finished, windows, tokens, scores, beams, sample_begin):
+    """Windows that stop with fewer than ``beams`` finished hypotheses count their live beams as finished."""
+    for slot, window in enumerate(windows):
+        if len(finished[window]) >= beams:
+            continue
+        for row in range(slot * beams, (slot + 1) * beams):
+            if np.isfinite(scores[row]):
+                finished[window].setdefault(tuple(int(t) for t in tokens[row, sample_begin:]), scores[row])
+
+
 def split_segments(
     sampled: list[int], manifest: ModelManifest, tokenizer: Tokenizer, duration: float
 ) -> list[Segment]:
-    """Timed segments of one window's tokens: text between timestamp pairs, else the whole window."""
+    """Timed segments of one window's tokens: text between timestamp pairs, else the whole window.
+
+    Times are clipped to the window (``duration``): a segment never ends after the audio it came from.
+    """
     begin = manifest.tokens.timestamp_begin
     stamps = [i for i, t in enumerate(sampled) if t >= begin]
     if not stamps:
@@ -323,7 +505,7 @@ def split_segments(
     segments, start, text_tokens = [], None, []
     for token in sampled:
         if token >= begin:
-            time = (token - begin) * TIME_PRECISION
+            time = min((token - begin) * TIME_PRECISION, duration)
             if start is None:
                 start = time
             else:
@@ -338,3 +520,19 @@ def split_segments(
         if text:
             segments.append(Segment(start if start is not None else 0.0, duration, text))
     return segments
+
+
+def detect_languages(
+    backend: DecoderBackend, encoder_output: np.ndarray, manifest: ModelManifest
+) -> list[str]:
+    """The likeliest language of each window: the language token scored after <|startoftranscript|>
+    (as openai/whisper's ``detect_language``); English for English-only models."""
+    count = encoder_output.shape[0]
+    if not manifest.is_multilingual or not manifest.tokens.languages:
+        return ["en"] * count
+    codes = list(manifest.tokens.languages)
+    ids = np.array([manifest.tokens.languages[code] for code in codes])
+    cross = backend.cross_attention(encoder_output)
+    start = np.full((count, 1), manifest.tokens.sot, dtype=np.int64)
+    logits, _ = backend.step(start, backend.new_cache(count), cross)
+    return [codes[i] for i in np.argmax(logits[:, -1, ids], axis=1)]

@@ -58,7 +58,8 @@ class OnnxEncoder:
 
 
 class OnnxDecoderBackend:
-    """``DecoderBackend`` over cross_kv.onnx and decoder.onnx; every cache and cross tensor has batch on axis 1."""
+    """``DecoderBackend`` over cross_kv.onnx and decoder.onnx; caches (rows) and cross K/V (windows) have
+    their batch on axis 1."""
 
     def __init__(self, directory: str | Path, manifest: ModelManifest, threads: int | None = None):
         directory = Path(directory)
@@ -92,6 +93,6 @@ class OnnxDecoderBackend:
         )
         return logits, (keys, values)
 
-    def select(self, cache, cross, rows: np.ndarray, same_windows: bool = False):
+    def select(self, cache, cross, rows: np.ndarray, windows: np.ndarray | None):
         cache = (cache[0][:, rows], cache[1][:, rows])
-        return cache, cross if same_windows else (cross[0][:, rows], cross[1][:, rows])
+        return cache, cross if windows is None else (cross[0][:, windows], cross[1][:, windows])

@@ -166,8 +166,8 @@ class TensorRTDecoderBackend:
 
     ``cross_engine`` and ``decoder_engine`` are anything with the ``TensorRTEngine`` calls used here
     (``run`` on a dict of torch tensors, ``max_shape``). Batches larger than an engine's profile allows
-    (many windows times beams) run in slices of its largest batch. Every cache and cross tensor has its
-    batch on axis 1, as in ``OnnxDecoderBackend``.
+    (many windows times beams) run in slices of whole windows. Caches (rows) and cross K/V (windows) have
+    their batch on axis 1, as in ``OnnxDecoderBackend``.
     """
 
     def __init__(self, cross_engine, decoder_engine, manifest: ModelManifest, device):
@@ -177,6 +177,7 @@ class TensorRTDecoderBackend:
         self._decoder = decoder_engine
         self._cross_rows = cross_engine.max_shape("encoder_output")[0]
         self._decoder_rows = decoder_engine.max_shape("tokens")[0]
+        self._decoder_windows = decoder_engine.max_shape("cross_k")[1]
 
     @classmethod
     def from_directory(cls, directory: str | Path, manifest: ModelManifest, device: int | None = None):
@@ -207,17 +208,23 @@ class TensorRTDecoderBackend:
         import torch
 
         tokens = torch.from_numpy(np.ascontiguousarray(tokens, dtype=np.int64)).to(self.device)
+        per_window = tokens.shape[0] // cross[0].shape[1]
+        if per_window > self._decoder_rows:
+            raise ValueError(f"{per_window} rows per window exceed the decoder engine's {self._decoder_rows}")
+        # Slices hold whole windows (all rows of a window read its one cross K/V).
+        windows_per_call = max(1, min(self._decoder_rows // per_window, self._decoder_windows))
         parts = []
-        for start in range(0, tokens.shape[0], self._decoder_rows):
-            rows = slice(start, start + self._decoder_rows)
+        for start in range(0, cross[0].shape[1], windows_per_call):
+            windows = slice(start, start + windows_per_call)
+            rows = slice(start * per_window, (start + windows_per_call) * per_window)
             parts.append(
                 self._decoder.run(
                     {
                         "tokens": tokens[rows],
                         "self_k": cache[0][:, rows],
                         "self_v": cache[1][:, rows],
-                        "cross_k": cross[0][:, rows],
-                        "cross_v": cross[1][:, rows],
+                        "cross_k": cross[0][:, windows],
+                        "cross_v": cross[1][:, windows],
                     }
                 )
             )
@@ -226,11 +233,12 @@ class TensorRTDecoderBackend:
         values = torch.cat([p["new_self_v"] for p in parts], dim=1)
         return logits, (keys, values)
 
-    def select(self, cache, cross, rows: np.ndarray, same_windows: bool = False):
+    def select(self, cache, cross, rows: np.ndarray, windows: np.ndarray | None):
         import torch
 
         index = torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.device)
         cache = (cache[0].index_select(1, index), cache[1].index_select(1, index))
-        if same_windows:  # the beams of a window share its cross K/V
+        if windows is None:
             return cache, cross
-        return cache, (cross[0].index_select(1, index), cross[1].index_select(1, index))
+        keep = torch.from_numpy(np.asarray(windows, dtype=np.int64)).to(self.device)
+        return cache, (cross[0].index_select(1, keep), cross[1].index_select(1, keep))

@@ -1,11 +1,14 @@
-"""Triton model `whisper_decoder`: greedy/beam search in-process over the decoder with its KV cache.
+"""Triton model `whisper_decoder`: guarded greedy/beam search in-process over the decoder with its KV cache.
 
 The decoder runs with ONNX Runtime (cross_kv.onnx, decoder.onnx), or as TensorRT engines on this
-instance's GPU when the build put cross_kv.plan and decoder.plan here (--runtime tensorrt).
+instance's GPU when the build put cross_kv.plan and decoder.plan here (--runtime tensorrt). Windows whose
+decoding stopped before their speech did are continued: their shifted log-mel goes back through the
+`whisper_encoder` model (a BLS call), so the encoder stays where the repository put it.
 """
 
 import json
 import pathlib
+import traceback
 from collections import defaultdict
 
 # Before numpy and whisper_triton: the bundled code, then PYTHONPATH, first on sys.path.
@@ -15,67 +18,98 @@ import triton_python_backend_utils as pb_utils
 
 import whisper_triton
 from whisper_triton import contract
-from whisper_triton.decoding import decode
 from whisper_triton.manifest import TOKENIZER_FILE, ModelManifest
 from whisper_triton.onnx_runtime import OnnxDecoderBackend
 from whisper_triton.options import DecodingOptions
 from whisper_triton.serving import response_json
 from whisper_triton.tensorrt_runtime import DECODER_ENGINE
 from whisper_triton.tokenizer import TextTokenizer
+from whisper_triton.transcriber import decode_windows
 
 
 class TritonPythonModel:
     def initialize(self, args):
         # Which code this model runs: the copy bundled next to model.py (tests/test_deployment.py reads it).
         pb_utils.Logger.log_info(f"{args['model_name']}: whisper_triton from {whisper_triton.__path__[0]}")
-        config = json.loads(args["model_config"])
-        threads = int(config["parameters"]["threads"]["string_value"])
+        parameters = {k: v["string_value"] for k, v in json.loads(args["model_config"])["parameters"].items()}
         directory = pathlib.Path(__file__).parent
         self.manifest = ModelManifest.load(directory)
         self.tokenizer = TextTokenizer(directory / TOKENIZER_FILE)
+        self.max_rows = int(parameters["max_decoder_rows"])
+        self.encoder_input, self.encoder_output = parameters["encoder_input"], parameters["encoder_output"]
+        self.encoder_max_windows = int(parameters["encoder_max_windows"])
         if (directory / DECODER_ENGINE).is_file():
             from whisper_triton.tensorrt_runtime import TensorRTDecoderBackend
 
             device = int(args.get("model_instance_device_id") or 0)
             self.backend = TensorRTDecoderBackend.from_directory(directory, self.manifest, device=device)
         else:
-            self.backend = OnnxDecoderBackend(directory, self.manifest, threads=threads)
+            self.backend = OnnxDecoderBackend(directory, self.manifest, threads=int(parameters["threads"]))
+
+    def _encode(self, features: np.ndarray) -> np.ndarray:
+        """Encoder states of windows ``[W, n_mels, 3000]`` from the `whisper_encoder` model (BLS)."""
+        states = []
+        for start in range(0, len(features), self.encoder_max_windows):
+            batch = np.ascontiguousarray(features[start : start + self.encoder_max_windows][None], np.float32)
+            response = pb_utils.InferenceRequest(
+                model_name=contract.ENCODER_MODEL,
+                requested_output_names=[self.encoder_output],
+                inputs=[pb_utils.Tensor(self.encoder_input, batch)],
+            ).exec()
+            if response.has_error():
+                raise RuntimeError(f"whisper_encoder: {response.error().message()}")
+            states.append(pb_utils.get_output_tensor_by_name(response, self.encoder_output).as_numpy()[0])
+        return np.concatenate(states)
 
     def execute(self, requests):
         # Requests with the same options are decoded together: all their windows step through the
-        # decoder as one batch, and finished windows leave the batch as they end.
+        # decoder as one batch (within max_decoder_rows), and finished windows leave it as they end.
         groups = defaultdict(list)
         inputs = []
         for index, request in enumerate(requests):
-            states = pb_utils.get_input_tensor_by_name(request, contract.ENCODER_OUTPUT).as_numpy()
-            windows = pb_utils.get_input_tensor_by_name(request, contract.WINDOWS).as_numpy()
-            options = (
-                pb_utils.get_input_tensor_by_name(request, contract.DECODE_OPTIONS).as_numpy().reshape(-1)[0]
+            get = lambda name, r=request: pb_utils.get_input_tensor_by_name(r, name).as_numpy()  # noqa: E731
+            states, features = get(contract.ENCODER_OUTPUT), get(contract.INPUT_FEATURES)
+            windows, options = get(contract.WINDOWS), get(contract.DECODE_OPTIONS).reshape(-1)[0]
+            inputs.append(
+                (
+                    states.reshape(-1, *states.shape[-2:]),
+                    features.reshape(-1, *features.shape[-2:]),
+                    windows.reshape(-1, windows.shape[-1]),
+                )
             )
-            inputs.append((states.reshape(-1, *states.shape[-2:]), windows.reshape(-1, 2)))
             groups[options].append(index)
         responses = [None] * len(requests)
         for options_json, members in groups.items():
             try:
                 options = DecodingOptions.from_json(options_json)
-                states = np.concatenate([inputs[i][0] for i in members])
-                windows = np.concatenate([inputs[i][1] for i in members])
-                results = decode(
-                    self.backend,
-                    states,
-                    self.manifest,
+                pieces = decode_windows(
+                    np.concatenate([inputs[i][0] for i in members]),
+                    np.concatenate([inputs[i][1] for i in members]),
+                    np.concatenate([inputs[i][2] for i in members]),
                     options,
+                    self.backend,
+                    self.manifest,
                     self.tokenizer,
-                    windows[:, 1] - windows[:, 0],
+                    self._encode,
+                    self.max_rows,
                 )
-            except ValueError as exc:
+            except ValueError as exc:  # options the features model let through but decoding cannot honour
                 for i in members:
-                    responses[i] = pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc)))
+                    error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+                    responses[i] = pb_utils.InferenceResponse(error=error)
+                continue
+            except Exception:  # noqa: BLE001 - a server fault: log it here, tell the client no internals
+                pb_utils.Logger.log_error(f"whisper_decoder: {traceback.format_exc()}")
+                for i in members:
+                    error = pb_utils.TritonError("internal error in whisper_decoder (see the server log)")
+                    responses[i] = pb_utils.InferenceResponse(error=error)
                 continue
             start = 0
             for i in members:
-                count = inputs[i][1].shape[0]
-                text, segments = response_json(results[start : start + count], inputs[i][1])
+                count = inputs[i][2].shape[0]
+                text, segments = response_json(
+                    pieces[start : start + count], inputs[i][2], options, self.manifest
+                )
                 start += count
                 responses[i] = pb_utils.InferenceResponse(
                     [

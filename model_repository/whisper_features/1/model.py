@@ -1,6 +1,12 @@
-"""Triton model `whisper_features`: validate a request, decode/resample audio, log-mel windows."""
+"""Triton model `whisper_features`: validate a request, decode/resample audio, find speech, log-mel windows.
+
+Everything a client can get wrong is answered here, before any model runs, with Triton's INVALID_ARG
+(HTTP 400): a client mistake is never reported as a server fault.
+"""
 
 import json
+import pathlib
+import traceback
 
 # Before numpy and whisper_triton: the bundled code, then PYTHONPATH, first on sys.path.
 import _whisper_triton_paths  # noqa: F401
@@ -9,7 +15,11 @@ import triton_python_backend_utils as pb_utils
 
 import whisper_triton
 from whisper_triton import contract
-from whisper_triton.serving import RequestError, prepare
+from whisper_triton.manifest import TOKENIZER_FILE, ModelManifest
+from whisper_triton.serving import Limits, RequestError, prepare
+from whisper_triton.tokenizer import TextTokenizer
+from whisper_triton.vad import MODEL_FILE as VAD_FILE
+from whisper_triton.vad import SileroVad
 
 
 class TritonPythonModel:
@@ -17,8 +27,14 @@ class TritonPythonModel:
         # Which code this model runs: the copy bundled next to model.py (tests/test_deployment.py reads it).
         pb_utils.Logger.log_info(f"{args['model_name']}: whisper_triton from {whisper_triton.__path__[0]}")
         parameters = json.loads(args["model_config"])["parameters"]
-        self.n_mels = int(parameters["n_mels"]["string_value"])
-        self.max_seconds = float(parameters["max_audio_seconds"]["string_value"])
+        directory = pathlib.Path(__file__).parent
+        self.limits = Limits(
+            max_seconds=float(parameters["max_audio_seconds"]["string_value"]),
+            max_bytes=int(parameters["max_audio_bytes"]["string_value"]),
+        )
+        self.manifest = ModelManifest.load(directory)
+        self.tokenizer = TextTokenizer(directory / TOKENIZER_FILE)
+        self.vad = SileroVad(directory / VAD_FILE) if (directory / VAD_FILE).is_file() else None
 
     def execute(self, requests):
         responses = []
@@ -28,11 +44,19 @@ class TritonPythonModel:
                     _input(request, contract.AUDIO),
                     _input(request, contract.AUDIO_BYTES),
                     _input(request, contract.OPTIONS),
-                    self.max_seconds,
-                    self.n_mels,
+                    self.limits,
+                    self.manifest,
+                    self.tokenizer,
+                    self.vad,
                 )
             except RequestError as exc:
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc))))
+                error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+                responses.append(pb_utils.InferenceResponse(error=error))
+                continue
+            except Exception:  # noqa: BLE001 - a server fault: log it here, tell the client no internals
+                pb_utils.Logger.log_error(f"whisper_features: {traceback.format_exc()}")
+                error = pb_utils.TritonError("internal error in whisper_features (see the server log)")
+                responses.append(pb_utils.InferenceResponse(error=error))
                 continue
             responses.append(
                 pb_utils.InferenceResponse(
