@@ -141,37 +141,54 @@ class ExportedModel:
     decoder: Path
 
 
-def export_onnx_models(model, output_dir: str | Path, opset: int = OPSET) -> ExportedModel:
-    """Write encoder, cross-K/V and decoder ONNX graphs (float32) for ``model`` into ``output_dir``."""
-    if opset < OPSET:
-        raise ValueError(f"opset must be >= {OPSET} (LayerNormalization), got {opset}")
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+ENCODER_AXES = {"input_features": {0: "batch", 1: "windows"}, "encoder_output": {0: "batch", 1: "windows"}}
+
+
+def _device(model) -> torch.device:
+    """Where the model's weights are: the example inputs of the export must be there too."""
+    return next(model.parameters()).device
+
+
+def export_encoder(model, path: str | Path, opset: int = OPSET) -> Path:
+    """Write the encoder graph alone (float32) for ``model`` to the file ``path``; returns ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     model = model.float().eval()
     config = model.config
-    batch, prompt = 2, 3
-    features = torch.zeros(batch, 2, config.num_mel_bins, 2 * config.max_source_positions)
-    layers, d_model, heads = config.decoder_layers, config.d_model, config.decoder_attention_heads
-    encoder_states = torch.zeros(batch, config.max_source_positions, d_model)
-    cache = torch.zeros(layers, batch, heads, 0, d_model // heads)
-    # Two rows reading one window (as two beams do): the traced graph keeps rows and windows apart.
-    cross_k = torch.zeros(layers, 1, heads, d_model // heads, config.max_source_positions)
-    cross_v = torch.zeros(layers, 1, heads, config.max_source_positions, d_model // heads)
-    tokens = torch.zeros(batch, prompt, dtype=torch.int64)
-
-    paths = ExportedModel(
-        output_dir, output_dir / ENCODER_FILE, output_dir / CROSS_KV_FILE, output_dir / DECODER_FILE
-    )
+    features = torch.zeros(2, 2, config.num_mel_bins, 2 * config.max_source_positions, device=_device(model))
     with torch.inference_mode():
         _export(
             EncoderGraph(model),
             (features,),
-            paths.encoder,
+            path,
             ["input_features"],
             ["encoder_output"],
-            {"input_features": {0: "batch", 1: "windows"}, "encoder_output": {0: "batch", 1: "windows"}},
+            ENCODER_AXES,
             opset,
         )
+    return path
+
+
+def export_onnx_models(model, output_dir: str | Path, opset: int = OPSET) -> ExportedModel:
+    """Write encoder, cross-K/V and decoder ONNX graphs (float32) for ``model`` into ``output_dir``."""
+    output_dir = Path(output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    paths = ExportedModel(
+        output_dir, output_dir / ENCODER_FILE, output_dir / CROSS_KV_FILE, output_dir / DECODER_FILE
+    )
+    export_encoder(model, paths.encoder, opset)
+    model = model.float().eval()
+    config = model.config
+    device = _device(model)
+    batch, prompt = 2, 3
+    layers, d_model, heads = config.decoder_layers, config.d_model, config.decoder_attention_heads
+    encoder_states = torch.zeros(batch, config.max_source_positions, d_model, device=device)
+    cache = torch.zeros(layers, batch, heads, 0, d_model // heads, device=device)
+    # Two rows reading one window (as two beams do): the traced graph keeps rows and windows apart.
+    cross_k = torch.zeros(layers, 1, heads, d_model // heads, config.max_source_positions, device=device)
+    cross_v = torch.zeros(layers, 1, heads, config.max_source_positions, d_model // heads, device=device)
+    tokens = torch.zeros(batch, prompt, dtype=torch.int64, device=device)
+    with torch.inference_mode():
         _export(
             CrossKVGraph(model),
             (encoder_states,),
@@ -204,6 +221,9 @@ def export_onnx_models(model, output_dir: str | Path, opset: int = OPSET) -> Exp
 
 def _export(module, args, path: Path, inputs, outputs, dynamic_axes, opset: int) -> None:
     import warnings
+
+    if opset < OPSET:
+        raise ValueError(f"opset must be >= {OPSET} (LayerNormalization), got {opset}")
 
     with warnings.catch_warnings():
         # The TorchScript exporter is the mature path for these dynamic-shape graphs; silence its

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import re
 from pathlib import Path
 
@@ -11,26 +12,39 @@ logger = logging.getLogger(__name__)
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
+# Metadata key of an optimised graph: the graph it was optimised from, relative to the optimised file's
+# folder. ONNX Runtime's fused ops (com.microsoft) do not parse in TensorRT, which fuses on its own and so
+# builds its engines from that source (``whisper_triton.build.tensorrt.tensorrt_source``).
+OPTIMIZED_FROM_KEY = "whisper_triton.optimized_from"
+
+
 def optimize_onnx_model(input_path: str | Path, output_path: str | Path, float16: bool = False) -> Path:
     """Fuse and fold ``input_path`` with ONNX Runtime's offline optimiser; optionally convert to FP16.
 
     The optimised graph is saved at the "extended" level: its fused ops (LayerNorm, GELU, attention
     pieces) run on every ONNX Runtime execution provider, unlike layout-specific "all"-level graphs.
+    It keeps the input names and axis names of ``input_path`` and records where ``input_path`` is
+    (metadata ``OPTIMIZED_FROM_KEY``). Returns ``output_path``.
     """
+    import onnx
     import onnxruntime as ort
 
     input_path, output_path = Path(input_path), Path(output_path)
+    output_path.parent.mkdir(parents=True, exist_ok=True)
     options = ort.SessionOptions()
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
     options.optimized_model_filepath = str(output_path)
     ort.InferenceSession(str(input_path), options, providers=["CPUExecutionProvider"])
+    model = onnx.load(str(output_path))
     if float16:
-        import onnx
         from onnxruntime.transformers.float16 import convert_float_to_float16
 
         # Inputs and outputs stay float32 so that clients and the decoding loop are unchanged.
-        model = convert_float_to_float16(onnx.load(str(output_path)), keep_io_types=True)
-        onnx.save(model, str(output_path))
+        model = convert_float_to_float16(model, keep_io_types=True)
+    source = os.path.relpath(input_path.resolve(), output_path.resolve().parent)
+    properties = {prop.key: prop.value for prop in model.metadata_props}
+    onnx.helper.set_model_props(model, {**properties, OPTIMIZED_FROM_KEY: Path(source).as_posix()})
+    onnx.save(model, str(output_path))
     logger.info("optimised %s -> %s", input_path.name, output_path)
     return output_path
 

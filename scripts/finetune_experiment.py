@@ -38,7 +38,7 @@ from training.arguments import SpeechTrainingArguments  # noqa: E402
 from training.data import (  # noqa: E402
     DataConfig,
     create_data_collator,
-    create_librispeech_dataloaders,
+    create_speech_dataloaders,
     load_speech_dataset,
 )
 from whisper_triton.corpus import read_manifest, synthesize_corpus  # noqa: E402
@@ -126,7 +126,7 @@ def run(output_dir: Path, args) -> int:
         save_total_limit=1,
         seed=args.seed,
     )
-    loader, _ = create_librispeech_dataloaders(
+    loader, _ = create_speech_dataloaders(
         str(train_manifest), None, DataConfig(), args.batch_size, create_data_collator(processor)
     )
     train = loader.dataset

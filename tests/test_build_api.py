@@ -30,8 +30,10 @@ def test_pruning_reaches_the_requested_sparsity(tiny_en):
 
     model, _ = create_whisper_model_and_processor("tiny.en")
     embedding = model.model.decoder.embed_tokens.weight.detach().clone()
-    pruned, sparsity = api.apply_pruning(model, "l1_unstructured", amount=0.3)
-    assert sparsity == pytest.approx(0.3, abs=0.01)
+    assert api.linear_sparsity(model) < 0.01  # trained weights are almost never exactly zero
+    pruned = api.apply_pruning(model, "l1_unstructured", amount=0.3)
+    assert pruned is model  # in place, and returned for the document's `pruned_model = apply_pruning(...)`
+    assert api.linear_sparsity(pruned) == pytest.approx(0.3, abs=0.01)
     fc1 = pruned.model.encoder.layers[0].fc1.weight
     assert float((fc1 == 0).float().mean()) == pytest.approx(0.3, abs=0.01)
     assert torch.equal(pruned.model.decoder.embed_tokens.weight, embedding)  # tied output layer left alone
@@ -53,10 +55,40 @@ def test_export_optimize_and_benchmark(tmp_path, tiny_en):
     original = session(exported.encoder).run(None, {"input_features": features})[0]
     fused = session(optimized).run(None, {"input_features": features})[0]
     np.testing.assert_allclose(fused, original, atol=1e-4)
-    torch_result = api.benchmark_model(model, (1, 80, 3000), num_runs=2, warmup=1)
-    onnx_result = api.benchmark_onnx_model(optimized, (1, 80, 3000), num_runs=2, warmup=1)
+    torch_result = api.benchmark_model(model, (1, 80, 3000), num_runs=2, warmup=1)  # the earlier names
+    onnx_result = api.benchmark_onnx_model(optimized, (1, 80, 3000), num_iterations=2, warmup_iterations=1)
     for result in (torch_result, onnx_result):
         assert result["latency_ms"] > 0 and result["runs"] == 2 and result["p90_ms"] >= result["p50_ms"]
+    assert torch_result["device"] == "cpu"
+    with pytest.raises(TypeError, match="not both"):
+        api.benchmark_onnx_model(optimized, num_iterations=3, num_runs=2)
+    with pytest.raises(ValueError, match="num_iterations must be >= 1"):
+        api.benchmark_model(model, num_iterations=0)
+
+
+def test_onnx_file_export_feeds_optimisation_and_the_tensorrt_profile(tmp_path, tiny_en):
+    """The document's chain: a .onnx path in, that path out; optimised under any name, the graph still
+    says which TensorRT profile it needs and which exported graph TensorRT should parse."""
+    from whisper_triton.build.tensorrt import graph_kind, profile_ranges, profile_shapes, tensorrt_source
+
+    model, _ = tiny_en
+    onnx_path = api.export_to_onnx(model, tmp_path / "models" / "model.onnx")
+    assert onnx_path == tmp_path / "models" / "model.onnx" and onnx_path.is_file()
+    optimized = api.optimize_onnx_model(
+        input_path=onnx_path, output_path=tmp_path / "fast" / "model_opt.onnx"
+    )
+    assert optimized == tmp_path / "fast" / "model_opt.onnx"
+    assert graph_kind(optimized) == graph_kind(onnx_path) == "encoder"
+    assert profile_shapes(optimized, profile_ranges(graph_kind(optimized))) == {
+        "input_features": [[1, 1, 80, 3000], [4, 1, 80, 3000], [8, 20, 80, 3000]]
+    }
+    # ONNX Runtime's fused GELU is no ONNX operator: TensorRT builds from the exported graph instead.
+    assert tensorrt_source(optimized) == onnx_path.resolve()
+    assert tensorrt_source(onnx_path) == onnx_path
+    onnx_path.unlink()
+    with pytest.raises(ValueError, match="TensorRT cannot parse .*Gelu.* its source .* is gone"):
+        tensorrt_source(optimized)
+    assert api.benchmark_onnx_model(optimized, num_iterations=1, warmup_iterations=0)["latency_ms"] > 0
 
 
 @pytest.mark.parametrize("runtime", ["onnxruntime", "tensorrt"])

@@ -17,12 +17,14 @@ import torch
 
 from tests.conftest import CORPUS_DIR, REPO_ROOT
 from training.data import (
+    DATA_DIR_ENV,
     LIBRISPEECH_SPLITS,
     AugmentationConfig,
     DataConfig,
     SpeechDataset,
     create_data_collator,
     create_librispeech_dataloaders,
+    create_speech_dataloaders,
     hub_speech_dataset,
     load_speech_dataset,
 )
@@ -125,6 +127,66 @@ def test_librispeech_errors_name_file_and_line(corpus_entries, tmp_path):
 def test_unknown_split_is_refused(tmp_path):
     with pytest.raises(DataError, match="neither a path.*LibriSpeech split name"):
         load_speech_dataset("no-such-split", DataConfig(data_dir=str(tmp_path)))
+
+
+@pytest.mark.parametrize(
+    ("split", "librispeech_config", "folder"),
+    [
+        ("train.100", "clean", "train-clean-100"),
+        ("train.clean.360", None, "train-clean-360"),
+        ("train.500", "other", "train-other-500"),
+        ("validation.clean", "clean", "dev-clean"),
+        ("validation", "other", "dev-other"),
+        ("test.clean", None, "test-clean"),
+        ("test", "clean", "test-clean"),
+        ("test.other", "all", "test-other"),
+    ],
+)
+def test_the_hub_datasets_split_names_find_the_local_librispeech_folders(
+    corpus_entries, tmp_path, monkeypatch, split, librispeech_config, folder
+):
+    chosen = _librispeech_copy(corpus_entries, tmp_path / folder, count=2)
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path))  # the user's local copy, without a DataConfig
+    loaders = create_librispeech_dataloaders(None, split, librispeech_config, 2, _items_as_they_are)
+    assert loaders["train"] is None
+    assert sorted(u.id for u in loaders["eval"].dataset.utterances) == sorted(e["id"] for e in chosen)
+
+
+def _items_as_they_are(items):
+    """The items as they are (these tests look at which utterances a loader holds, not at features)."""
+    return items
+
+
+def test_bare_validation_needs_a_subset_and_configs_are_checked(tmp_path):
+    with pytest.raises(DataError, match="'validation' names a LibriSpeech split only with config"):
+        create_librispeech_dataloaders(None, "validation", "all", 2, _items_as_they_are)
+    with pytest.raises(DataError, match="not a LibriSpeech config"):
+        create_librispeech_dataloaders(None, "test.clean", "noisy", 2, _items_as_they_are)
+    with pytest.raises(DataError, match="a train_split, an eval_split or both"):
+        create_librispeech_dataloaders(None, None, DataConfig(data_dir=str(tmp_path)), 2, _items_as_they_are)
+
+
+def test_data_dir_wins_over_the_environment(corpus_entries, tmp_path, monkeypatch):
+    chosen = _librispeech_copy(corpus_entries, tmp_path / "mine" / "dev-clean", count=1)
+    _librispeech_copy(corpus_entries[1:], tmp_path / "env" / "dev-clean", count=2)
+    monkeypatch.setenv(DATA_DIR_ENV, str(tmp_path / "env"))
+    dataset = load_speech_dataset("validation.clean", DataConfig(data_dir=str(tmp_path / "mine")))
+    assert [u.id for u in dataset.utterances] == [chosen[0]["id"]]
+    assert len(load_speech_dataset("validation.clean", DataConfig())) == 2
+
+
+def test_document_split_names_without_local_data_say_where_they_looked(tmp_path):
+    # A subprocess: huggingface_hub reads its endpoint once, at import; the endpoint refuses connections,
+    # as on a machine without network.
+    env = {k: v for k, v in os.environ.items() if k != DATA_DIR_ENV}
+    env.update(HF_HUB_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9")
+    code = "from training.data import create_librispeech_dataloaders\ncreate_librispeech_dataloaders('train.100', None, 'clean', 8, None)"
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0 and "DataError" in result.stderr
+    assert "LibriSpeech train-clean-100 is not local" in result.stderr
+    assert f"no data_dir is given and ${DATA_DIR_ENV} is not set" in result.stderr
 
 
 @pytest.mark.parametrize(
@@ -276,7 +338,7 @@ def test_collator_truncates_long_labels_with_a_warning(tiny_en, caplog):
 def test_dataloaders_batch_and_keep_eval_order(tiny_en):
     _, processor = tiny_en
     config = DataConfig(max_train_samples=3, max_eval_samples=2, eval_batch_size=2)
-    train, evaluation = create_librispeech_dataloaders(
+    train, evaluation = create_speech_dataloaders(
         str(CORPUS_DIR), str(CORPUS_DIR), config, batch_size=2, collate_fn=create_data_collator(processor)
     )
     assert len(train.dataset) == 3 and len(train) == 2
@@ -287,7 +349,12 @@ def test_dataloaders_batch_and_keep_eval_order(tiny_en):
         batch["labels"][0][batch["labels"][0] != -100], skip_special_tokens=True
     )
     assert first.strip() == evaluation.dataset.utterances[0].text
-    _, none = create_librispeech_dataloaders(
-        str(CORPUS_DIR), None, config, 2, create_data_collator(processor)
-    )
+    _, none = create_speech_dataloaders(str(CORPUS_DIR), None, config, 2, create_data_collator(processor))
     assert none is None
+    # The API document's spelling: the same loaders, by name.
+    loaders = create_librispeech_dataloaders(str(CORPUS_DIR), str(CORPUS_DIR), config, 2, _items_as_they_are)
+    assert set(loaders) == {"train", "eval"}
+    assert (
+        len(loaders["train"].dataset) == 3
+        and loaders["eval"].dataset.utterances == evaluation.dataset.utterances
+    )

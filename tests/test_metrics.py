@@ -279,3 +279,17 @@ def test_report_from_detailed_metrics_without_files(tmp_path):
 def test_report_requires_the_headline_metrics(tmp_path):
     with pytest.raises(ValueError, match="sentence_accuracy"):
         create_evaluation_report({"wer": 0.1, "cer": 0.1, "word_accuracy": 0.9}, tmp_path / "r.md")
+
+
+def test_report_goes_to_output_file_its_earlier_name_or_the_documents_default(tmp_path, monkeypatch):
+    m = compute_detailed_wer_metrics([CAT_HYP], [CAT_REF])
+    assert create_evaluation_report(m, output_file=tmp_path / "a.md") == tmp_path / "a.md"
+    assert create_evaluation_report(m, output_path=tmp_path / "b.md") == tmp_path / "b.md"
+    for name in ("a.md", "b.md"):
+        assert "| Word error rate (WER) | 33.33 % |" in (tmp_path / name).read_text(encoding="utf-8")
+    with pytest.raises(TypeError, match="not both"):
+        create_evaluation_report(m, output_file=tmp_path / "c.md", output_path=tmp_path / "d.md")
+    monkeypatch.chdir(tmp_path)
+    default = create_evaluation_report(m)  # the API document's place for it
+    assert default.resolve() == (tmp_path / "evaluation_results" / "evaluation_report.md").resolve()
+    assert default.is_file()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -234,6 +235,57 @@ def test_custom_config_gives_random_model_of_that_shape(tiny_en):
     assert len(model.model.decoder.layers) == 2
     with pytest.raises(ModelConfigError, match="English-only"):
         create_whisper_model_and_processor("tiny.en", custom_config=WhisperModelConfig("tiny"))
+
+
+TINY_ARCHITECTURE = dict(
+    num_encoder_layers=1,
+    num_decoder_layers=1,
+    d_model=64,
+    encoder_attention_heads=2,
+    decoder_attention_heads=2,
+)
+
+
+def test_custom_config_without_a_model_name_uses_the_bundled_english_processor(tiny_en):
+    _, bundled = tiny_en
+    arch = WhisperModelConfig("tiny", use_multilingual=False, **TINY_ARCHITECTURE)
+    model, processor = create_whisper_model_and_processor(model_name_or_path=None, custom_config=arch)
+    assert processor.tokenizer.get_vocab() == bundled.tokenizer.get_vocab()
+    assert model.config.vocab_size == len(bundled.tokenizer) and model.config.d_model == 64
+    assert model.generation_config.decoder_start_token_id == model.config.decoder_start_token_id
+    with pytest.raises(ModelLoadError, match="custom_config"):
+        create_whisper_model_and_processor(model_name_or_path=None)
+
+
+def test_multilingual_custom_config_without_a_model_name_says_what_to_pass(monkeypatch, tmp_path):
+    from huggingface_hub import constants
+
+    # Offline, with an empty Hugging Face cache, nothing can supply a multilingual tokenizer.
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
+    arch = WhisperModelConfig("tiny", use_multilingual=True, **TINY_ARCHITECTURE)
+    with pytest.raises(ModelLoadError, match="multilingual tokenizer.*model_name_or_path"):
+        create_whisper_model_and_processor(model_name_or_path=None, custom_config=arch)
+
+
+def test_processor_decodes_padded_labels_and_saves_as_transformers_processor(tiny_en, tmp_path):
+    import transformers
+
+    _, processor = tiny_en
+    texts = [" Hello there.", " A longer sentence than the first one."]
+    rows = [processor.tokenizer(text).input_ids for text in texts]
+    labels = torch.full((2, max(map(len, rows))), -100)  # padded as the collator pads labels
+    for index, row in enumerate(rows):
+        labels[index, : len(row)] = torch.tensor(row)
+    assert processor.batch_decode(labels, skip_special_tokens=True) == texts
+    assert processor.batch_decode(labels.numpy(), skip_special_tokens=True) == texts
+    assert processor.decode(labels[0], skip_special_tokens=True) == texts[0]
+    processor.save_pretrained(tmp_path)
+    assert (
+        json.loads((tmp_path / "processor_config.json").read_text())["processor_class"] == "WhisperProcessor"
+    )
+    reloaded = transformers.AutoProcessor.from_pretrained(tmp_path)  # plain transformers loads it
+    assert type(reloaded) is transformers.WhisperProcessor
 
 
 def test_training_checkpoint_with_processor_in_parent(tmp_path, tiny_en, corpus_audio):

@@ -18,7 +18,7 @@ from transformers import TrainerCallback
 
 from tests.conftest import CORPUS_DIR
 from training.arguments import SpeechTrainingArguments, TrainingArgumentsError
-from training.data import DataConfig, create_data_collator, create_librispeech_dataloaders
+from training.data import DataConfig, create_data_collator, create_speech_dataloaders
 from training.model_config import WhisperModelConfig
 from training.modeling import create_whisper_model_and_processor
 from training.trainer import ARGS_FILE, SpeechTrainer
@@ -49,7 +49,7 @@ def _tiny_model(seed: int = 0):
 
 def _loaders(processor, num_train: int = 4, num_eval: int | None = 2):
     config = DataConfig(max_train_samples=num_train, max_eval_samples=num_eval or 1, eval_batch_size=2)
-    return create_librispeech_dataloaders(
+    return create_speech_dataloaders(
         str(CORPUS_DIR), str(CORPUS_DIR) if num_eval else None, config, 2, create_data_collator(processor)
     )
 

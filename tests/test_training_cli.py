@@ -116,6 +116,45 @@ def test_missing_output_dir_is_reported(capsys):
     assert "give --output-dir" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("module", "args", "message"),
+    [
+        ("training.transcribe", ["missing.wav"], "missing.wav: no such file"),
+        ("training.transcribe", ["--beam-size", "0", "a.wav"], "--beam-size must be >= 1, got 0"),
+        ("training", ["train", "--output-dir", "run", "--resume"], "run holds no checkpoint-N folder"),
+        (
+            "training",
+            ["train", "--output-dir", "run", "--resume", "nowhere"],
+            "checkpoint nowhere does not exist",
+        ),
+        ("training", ["train", "--config", "missing.json"], "cannot read missing.json"),
+        (
+            "training",
+            ["evaluate", "--data", "nowhere", "--data-dir", "."],
+            "split 'nowhere' is neither a path",
+        ),
+        (
+            "training",
+            ["evaluate", "--data", str(CORPUS_DIR), "--model", "nomodel"],
+            "unknown model 'nomodel'",
+        ),
+    ],
+)
+def test_user_mistakes_are_one_line_without_a_traceback(tmp_path, module, args, message):
+    result = subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=tmp_path,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"python -m {module}") and ": error: " in last and message in last, result.stderr
+
+
 @pytest.mark.slow
 def test_train_then_evaluate_through_python_m_training(tmp_path):
     (tmp_path / "train.json").write_text(json.dumps(_config(tmp_path)))

@@ -34,6 +34,7 @@ _EXPORTS = {
     "SpeechDataset": "training.data",
     "load_speech_dataset": "training.data",
     "create_librispeech_dataloaders": "training.data",
+    "create_speech_dataloaders": "training.data",
     "create_data_collator": "training.data",
 }
 

@@ -274,17 +274,22 @@ def resolve_train_config(args: argparse.Namespace) -> TrainConfig:
 
 def run_train(config: TrainConfig, resume: str | bool | None = None) -> dict[str, Any]:
     """Fine-tune as ``config`` says; returns ``SpeechTrainer.train``'s metrics."""
-    from transformers import set_seed
-
-    from training.data import create_data_collator, create_librispeech_dataloaders
-    from training.modeling import create_whisper_model_and_processor
-    from training.trainer import SpeechTrainer
-
     output_dir = Path(config.training.output_dir)
     if not resume and any(output_dir.glob("checkpoint-*")):
         raise TrainingArgumentsError(
             f"{output_dir} already holds checkpoints; pass --resume to continue that run, or choose another output_dir"
         )
+    # Checked before minutes of model and data loading, not by the Trainer afterwards.
+    if resume is True and not any(output_dir.glob("checkpoint-*")):
+        raise TrainingArgumentsError(f"--resume: {output_dir} holds no checkpoint-N folder to continue from")
+    if isinstance(resume, str) and not Path(resume).is_dir():
+        raise TrainingArgumentsError(f"--resume: checkpoint {resume} does not exist")
+    from transformers import set_seed
+
+    from training.data import create_data_collator, create_speech_dataloaders
+    from training.modeling import create_whisper_model_and_processor
+    from training.trainer import SpeechTrainer
+
     set_seed(config.training.seed)  # before the model exists: a custom_config's random weights depend on it
     model, processor = create_whisper_model_and_processor(
         config.model.name_or_path, config.model.use_enhanced_model, config.model.custom_config
@@ -294,7 +299,7 @@ def run_train(config: TrainConfig, resume: str | bool | None = None) -> dict[str
     data = config.data
     if data.eval_batch_size is None:
         data = dataclasses.replace(data, eval_batch_size=config.training.per_device_eval_batch_size)
-    train_loader, eval_loader = create_librispeech_dataloaders(
+    train_loader, eval_loader = create_speech_dataloaders(
         config.splits.train_split,
         config.splits.eval_split,
         data,
@@ -400,9 +405,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("training").setLevel(logging.INFO)  # our progress notes; other libraries stay quiet
-    from training.model_config import ModelConfigError
-    from training.modeling import ModelLoadError
-
     try:
         if args.command == "evaluate":
             run_evaluate(args)
@@ -412,8 +414,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps(config.to_sections(), indent=2))
             return 0
         metrics = run_train(config, resume=args.resume)
-    except (TrainingArgumentsError, DataError, ModelLoadError, ModelConfigError) as error:
-        print(f"error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:
+        # What the user can fix: options, data, model paths (TrainingArgumentsError, DataError,
+        # ModelLoadError and ModelConfigError are ValueErrors), unreadable or unwritable files. One line,
+        # no traceback.
+        print(f"python -m training {args.command}: error: {error}", file=sys.stderr)
         return 2
     print(json.dumps(metrics, indent=2, default=str))
     return 0

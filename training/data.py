@@ -5,9 +5,13 @@ Where a split comes from (``load_speech_dataset``), first match wins:
 1. ``split`` is itself a path: a folder in LibriSpeech layout (``speaker/chapter/*.flac`` with
    ``speaker-chapter.trans.txt``), or a JSONL / CSV manifest of (audio path, text).
 2. ``DataConfig.data_dir/<split>`` (or ``data_dir/LibriSpeech/<split>``, as the openslr tarballs unpack)
-   exists: the same readers.
+   exists: the same readers. Without ``data_dir``, the folder named by ``$WHISPER_TRITON_DATA_DIR``.
 3. ``split`` is a LibriSpeech split name (``train-clean-100``, ``dev-clean``, ...): the Hugging Face hub
    dataset ``openslr/librispeech_asr``, unless ``HF_HUB_OFFLINE`` is set.
+
+The hub dataset's own split names (``train.100``, ``validation.clean``, ``test.other``, ... as the API
+document writes them) name the same LibriSpeech splits: ``train.100`` is looked up as
+``train-clean-100`` in steps 2 and 3.
 
 Local folders and manifests are read by ``training.utterances``. LibriSpeech's own transcripts are upper
 case without punctuation (``DataConfig.lowercase`` lower-cases them).
@@ -41,6 +45,7 @@ from training.utterances import (
     list_utterances,
     load_utterance_audio,
     resolve_local_split,
+    split_candidates,
 )
 from whisper_triton.audio import AudioError, load_audio
 from whisper_triton.constants import CHUNK_LENGTH, SAMPLE_RATE
@@ -59,6 +64,23 @@ LIBRISPEECH_SPLITS = {
     "test-clean": ("clean", "test"),
     "test-other": ("other", "test"),
 }
+# The hub dataset's split names (its "clean"/"other" configs, and the "all" config's dotted names) ->
+# LibriSpeech's folder names, which local copies and LIBRISPEECH_SPLITS use.
+HUB_SPLIT_NAMES = {
+    "train.100": "train-clean-100",
+    "train.360": "train-clean-360",
+    "train.500": "train-other-500",
+    "train.clean.100": "train-clean-100",
+    "train.clean.360": "train-clean-360",
+    "train.other.500": "train-other-500",
+    "validation.clean": "dev-clean",
+    "validation.other": "dev-other",
+    "test.clean": "test-clean",
+    "test.other": "test-other",
+}
+# The hub's config names; "validation" and "test" alone name a split only with "clean" or "other".
+LIBRISPEECH_CONFIGS = ("clean", "other", "all")
+DATA_DIR_ENV = "WHISPER_TRITON_DATA_DIR"  # where splits are looked up when DataConfig.data_dir is unset
 
 
 @dataclass(frozen=True)
@@ -110,7 +132,8 @@ class DataConfig:
     """Where the data is and how it is prepared."""
 
     data_dir: str | None = documented(
-        "folder holding the splits: DIR/<split>/ (LibriSpeech layout), DIR/LibriSpeech/<split>/ or DIR/<split>.jsonl|csv",
+        "folder holding the splits: DIR/<split>/ (LibriSpeech layout), DIR/LibriSpeech/<split>/ or "
+        f"DIR/<split>.jsonl|csv (default: ${DATA_DIR_ENV} when set)",
         default=None,
     )
     max_duration_s: float = documented(
@@ -262,7 +285,7 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
 
 def _load_hub_split(split: str, config: DataConfig, limit: int | None, **kwargs) -> HubSpeechDataset:
     """A LibriSpeech split from the Hugging Face hub, or only from the datasets cache with HF_HUB_OFFLINE."""
-    local_hint = f"put the split at DATA_DIR/{split}/ in LibriSpeech layout (data_dir={config.data_dir!r})"
+    local_hint = _local_hint(split, data_root(config))
     offline = _hub_offline()
     if not offline and not _hub_reachable():
         raise DataError(
@@ -281,6 +304,19 @@ def _load_hub_split(split: str, config: DataConfig, limit: int | None, **kwargs)
             f"{type(error).__name__}: {error}; {local_hint}"
         ) from error
     return hub_speech_dataset(rows, config.max_duration_s, limit, name=split, **kwargs)
+
+
+def _local_hint(split: str, root: str | None) -> str:
+    """What to do so that ``split`` is found locally, naming the places that were looked at."""
+    if root is None:
+        return (
+            f"no data_dir is given and ${DATA_DIR_ENV} is not set: put the split at DATA_DIR/{split}/ in "
+            f"LibriSpeech layout and pass DataConfig(data_dir=DATA_DIR) or set {DATA_DIR_ENV}=DATA_DIR"
+        )
+    looked = ", ".join(str(path) for path in split_candidates(split, root)[1:])
+    return (
+        f"put the split at DATA_DIR/{split}/ in LibriSpeech layout (data_dir={root!r}; looked for {looked})"
+    )
 
 
 def hub_speech_dataset(
@@ -316,6 +352,11 @@ def _audio_source(audio: dict):
     return io.BytesIO(audio["bytes"]) if audio.get("bytes") else audio["path"]
 
 
+def data_root(config: DataConfig) -> str | None:
+    """The folder splits are looked up in: ``config.data_dir``, else ``$WHISPER_TRITON_DATA_DIR``."""
+    return config.data_dir or os.environ.get(DATA_DIR_ENV) or None
+
+
 def load_speech_dataset(
     split: str, config: DataConfig, train: bool = False, limit: int | None = None
 ) -> SpeechDataset:
@@ -329,14 +370,17 @@ def load_speech_dataset(
         lowercase=config.lowercase,
         max_duration_s=config.max_duration_s,
     )
-    local = resolve_local_split(split, config.data_dir)
+    root = data_root(config)
+    # The name as given first (a folder may well be called "train.100"), then as LibriSpeech spells it.
+    name = HUB_SPLIT_NAMES.get(split, split)
+    local = resolve_local_split(split, root) or resolve_local_split(name, root)
     if local is None:
-        if split not in LIBRISPEECH_SPLITS:
+        if name not in LIBRISPEECH_SPLITS:
             raise DataError(
-                f"split {split!r} is neither a path, nor found under data_dir={config.data_dir!r}, nor a LibriSpeech "
-                f"split name ({', '.join(LIBRISPEECH_SPLITS)})"
+                f"split {split!r} is neither a path, nor found under data_dir={root!r}, nor a LibriSpeech "
+                f"split name ({', '.join(LIBRISPEECH_SPLITS)}, or the hub's {', '.join(HUB_SPLIT_NAMES)})"
             )
-        return _load_hub_split(split, config, limit, **kwargs)
+        return _load_hub_split(name, config, limit, **kwargs)
     utterances = list_utterances(local)
     if not utterances:
         raise DataError(f"{local} lists no utterances")
@@ -344,35 +388,94 @@ def load_speech_dataset(
     return SpeechDataset(utterances[:limit] if limit else utterances, **kwargs)
 
 
-def create_librispeech_dataloaders(
-    train_split: str, eval_split: str | None, config: DataConfig, batch_size: int, collate_fn
-):
-    """``(train_loader, eval_loader)`` over the two splits; ``eval_loader`` is None without ``eval_split``.
+def create_speech_dataloaders(
+    train_split: str | None, eval_split: str | None, config: DataConfig, batch_size: int, collate_fn
+) -> tuple[torch.utils.data.DataLoader | None, torch.utils.data.DataLoader | None]:
+    """``(train_loader, eval_loader)`` over the two splits; a loader is None when its split is None.
 
     The training loader shuffles (torch's RNG, which the Trainer seeds) and augments per ``config.augment``;
     the evaluation loader keeps the listed order and never augments.
     """
     if batch_size < 1:
         raise DataError(f"batch_size must be >= 1, got {batch_size}")
-    train = load_speech_dataset(train_split, config, train=True, limit=config.max_train_samples)
+    if train_split is None and eval_split is None:
+        raise DataError("give a train_split, an eval_split or both")
     loader_options = dict(
         collate_fn=collate_fn, num_workers=config.num_workers, persistent_workers=config.num_workers > 0
     )
-    train_loader = torch.utils.data.DataLoader(train, batch_size=batch_size, shuffle=True, **loader_options)
-    eval_loader = None
+    train_loader = eval_loader = None
+    if train_split is not None:
+        train = load_speech_dataset(train_split, config, train=True, limit=config.max_train_samples)
+        train_loader = torch.utils.data.DataLoader(
+            train, batch_size=batch_size, shuffle=True, **loader_options
+        )
     if eval_split is not None:
         evaluation = load_speech_dataset(eval_split, config, train=False, limit=config.max_eval_samples)
         eval_loader = torch.utils.data.DataLoader(
             evaluation, batch_size=config.eval_batch_size or batch_size, shuffle=False, **loader_options
         )
     logger.info(
-        "data: %d training utterances (%s), %s evaluation utterances (%s)",
-        len(train),
+        "data: %d training utterances (%s), %d evaluation utterances (%s)",
+        len(train_loader.dataset) if train_loader else 0,
         train_split,
         len(eval_loader.dataset) if eval_loader else 0,
         eval_split,
     )
     return train_loader, eval_loader
+
+
+def create_librispeech_dataloaders(
+    train_split: str | None,
+    eval_split: str | None,
+    config: DataConfig | str | None,
+    batch_size: int,
+    collate_fn,
+) -> dict[str, torch.utils.data.DataLoader | None]:
+    """``{"train": loader, "eval": loader}``, as the API document writes it (``create_speech_dataloaders``
+    gives the same loaders as a tuple).
+
+    Splits take every form ``load_speech_dataset`` accepts, the hub dataset's names (``train.100``,
+    ``validation.clean``, ``test.other``, ...) included; None leaves that loader out (None). ``config``
+    is a ``DataConfig``, or the hub's config name ("clean", "other" or "all", which tells what the bare
+    ``validation``/``test`` mean) with every other option at its default: data in
+    ``$WHISPER_TRITON_DATA_DIR``, else on the hub.
+    """
+    data_config, librispeech_config = _data_config(config)
+    train_split, eval_split = (
+        _with_subset(split, librispeech_config, data_config) for split in (train_split, eval_split)
+    )
+    train, evaluation = create_speech_dataloaders(
+        train_split, eval_split, data_config, batch_size, collate_fn
+    )
+    return {"train": train, "eval": evaluation}
+
+
+def _with_subset(split: str | None, librispeech_config: str | None, config: DataConfig) -> str | None:
+    """The hub's bare split names made explicit by its config: ("validation", "clean") -> "validation.clean".
+
+    A local folder or manifest of that very name stays what it is.
+    """
+    if split not in ("validation", "test") or resolve_local_split(split, data_root(config)) is not None:
+        return split
+    if librispeech_config not in ("clean", "other"):
+        raise DataError(
+            f"split {split!r} names a LibriSpeech split only with config 'clean' or 'other' "
+            f"(got {librispeech_config!r}); or write {split}.clean / {split}.other"
+        )
+    return f"{split}.{librispeech_config}"
+
+
+def _data_config(config: DataConfig | str | None) -> tuple[DataConfig, str | None]:
+    """(DataConfig, the hub's config name or None) from what ``create_librispeech_dataloaders`` was given."""
+    if config is None or isinstance(config, DataConfig):
+        return config or DataConfig(), None
+    if isinstance(config, str):
+        if config not in LIBRISPEECH_CONFIGS:
+            raise DataError(
+                f"config {config!r} is not a LibriSpeech config; give one of {LIBRISPEECH_CONFIGS} or a DataConfig"
+            )
+        return DataConfig(), config
+    raise DataError(f"config must be a DataConfig or a LibriSpeech config name, got {type(config).__name__}")
 
 
 # ---- collator ----

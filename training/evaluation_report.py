@@ -14,6 +14,7 @@ from typing import Any
 
 DEFAULT_TITLE = "Whisper evaluation report"
 DEFAULT_NUM_WORST = 10  # utterances listed in "Worst utterances"
+DEFAULT_REPORT_FILE = "./evaluation_results/evaluation_report.md"  # where the API document writes it
 REQUIRED_KEYS = ("wer", "cer", "word_accuracy", "sentence_accuracy")
 
 
@@ -189,33 +190,40 @@ def _worst_utterances(per_utterance: Sequence[dict[str, Any]], num_worst: int) -
 
 def create_evaluation_report(
     metrics: dict[str, Any],
-    output_path: str | Path,
+    output_file: str | Path = DEFAULT_REPORT_FILE,
     title: str = DEFAULT_TITLE,
     per_utterance: Sequence[dict[str, Any]] | None = None,
     num_worst: int = DEFAULT_NUM_WORST,
+    *,
+    output_path: str | Path | None = None,
 ) -> Path:
-    """Write a Markdown report of ``metrics`` (from ``evaluate_model`` or ``compute_detailed_wer_metrics``).
+    """Write a Markdown report of ``metrics`` (from ``evaluate_model`` or ``compute_detailed_wer_metrics``)
+    to ``output_file`` and return its path. ``output_path`` is the same parameter's earlier name.
 
     Sections appear when their data is present: summary, error breakdown, WER by length with the plot
     (linked by a path relative to the report), top confusions and the ``num_worst`` worst utterances.
     The per-utterance rows come from ``per_utterance`` or else from the CSV that ``evaluate_model`` wrote.
     """
+    if output_path is not None:
+        if output_file != DEFAULT_REPORT_FILE:
+            raise TypeError("give output_file or output_path (its earlier name), not both")
+        output_file = output_path
     missing = [k for k in REQUIRED_KEYS if k not in metrics]
     if missing:
         raise ValueError(
             f"metrics lack {missing}; pass the dict from evaluate_model or compute_detailed_wer_metrics"
         )
-    output_path = Path(output_path)
-    output_path.parent.mkdir(parents=True, exist_ok=True)
+    output_file = Path(output_file)
+    output_file.parent.mkdir(parents=True, exist_ok=True)
     if per_utterance is None:
         per_utterance = _read_per_utterance(metrics)
 
     lines = [f"# {title}", ""]
     lines += _summary(metrics)
     lines += _error_breakdown(metrics)
-    lines += _length_section(metrics, output_path)
+    lines += _length_section(metrics, output_file)
     lines += _confusion_section(metrics)
     if per_utterance:
         lines += _worst_utterances(per_utterance, num_worst)
-    output_path.write_text("\n".join(lines), encoding="utf-8")
-    return output_path
+    output_file.write_text("\n".join(lines), encoding="utf-8")
+    return output_file

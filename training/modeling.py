@@ -8,6 +8,8 @@ Accepted ``model_name_or_path``:
 - a transformers model directory, or a checkpoint written by ``python -m training`` (whose processor
   files may sit in the parent output directory).
 - any other Hugging Face model id: the local cache, then the hub when it is reachable.
+- None, with ``custom_config``: a new, randomly initialised model whose processor comes from
+  ``default_processor_source`` (the bundled tiny.en for English-only architectures).
 
 Weights are read from safetensors only: pickled ``pytorch_model.bin`` files can run arbitrary code, so
 they are refused with an explanation.
@@ -29,12 +31,17 @@ from training.ctranslate2_convert import (
     is_ctranslate2_dir,
 )
 from training.model_config import ENGLISH_VOCAB_SIZE, ModelConfigError, WhisperModelConfig
+from whisper_triton.constants import N_MELS
 from whisper_triton.paths import cache_dir
 
 logger = logging.getLogger(__name__)
 
 BUNDLED_MODEL_NAMES = ("tiny.en", "whisper-tiny.en", "openai/whisper-tiny.en")
 BUNDLED_HUB_ID = "openai/whisper-tiny.en"
+# Where models built from a multilingual WhisperModelConfig alone get their processor: the smallest
+# checkpoint with the multilingual tokenizer, and large-v3 for its 128 mel bins and extra language token.
+MULTILINGUAL_HUB_ID = "openai/whisper-tiny"
+MULTILINGUAL_LARGE_V3_ID = "openai/whisper-large-v3"
 
 # The "enhanced model": the same architecture and weights, configured for robust fine-tuning. Every
 # setting only acts in training mode, so the model exports and serves exactly like the plain one.
@@ -59,7 +66,7 @@ class ModelLoadError(ValueError):
 
 
 def create_whisper_model_and_processor(
-    model_name_or_path: str | os.PathLike = "tiny.en",
+    model_name_or_path: str | os.PathLike | None = "tiny.en",
     use_enhanced_model: bool = False,
     custom_config: WhisperModelConfig | dict | str | os.PathLike | None = None,
 ):
@@ -67,37 +74,77 @@ def create_whisper_model_and_processor(
 
     ``use_enhanced_model`` applies ``ENHANCED_MODEL_OVERRIDES`` (SpecAugment, LayerDrop, dropout).
     ``custom_config`` (a ``WhisperModelConfig``, its dict, or a JSON file) gives a randomly initialised
-    model of that architecture; the processor (tokenizer, features) still comes from
-    ``model_name_or_path``.
+    model of that architecture; the processor (tokenizer, features) comes from ``model_name_or_path``, or,
+    when it is None, from ``default_processor_source(custom_config)``: the bundled tiny.en for an
+    English-only architecture, a multilingual Whisper from the Hugging Face cache or hub otherwise.
     """
     from transformers import WhisperForConditionalGeneration
 
     overrides = dict(ENHANCED_MODEL_OVERRIDES) if use_enhanced_model else {}
+    if custom_config is not None:
+        return _model_from_config(_as_model_config(custom_config), model_name_or_path, overrides)
+    if model_name_or_path is None:
+        raise ModelLoadError(
+            "model_name_or_path=None means a new model built from custom_config, and no custom_config was "
+            f"given; pass a model name ({', '.join(BUNDLED_MODEL_NAMES)}, a folder) or a WhisperModelConfig"
+        )
     model_dir = resolve_model_dir(model_name_or_path)
     processor = _load_processor(model_dir)
-    if custom_config is not None:
-        arch = _as_model_config(custom_config)
-        if arch.num_mel_bins != processor.feature_extractor.feature_size:
-            raise ModelConfigError(
-                f"custom_config needs {arch.num_mel_bins} mel bins but {model_name_or_path} provides "
-                f"{processor.feature_extractor.feature_size}-bin features"
-            )
-        if arch.use_multilingual and len(processor.tokenizer) <= ENGLISH_VOCAB_SIZE:
-            raise ModelConfigError(
-                f"custom_config is multilingual but the tokenizer of {model_name_or_path} is English-only; "
-                "pass a multilingual model (e.g. a local openai/whisper-tiny directory) as model_name_or_path"
-            )
-        config = arch.to_whisper_config(tokenizer=processor.tokenizer, **overrides)
-        model = WhisperForConditionalGeneration(config)
-        model.generation_config = _generation_config_from(model_dir, config)
-        model.eval()
-        return model, processor
     try:
         model = WhisperForConditionalGeneration.from_pretrained(model_dir, use_safetensors=True, **overrides)
     except (OSError, ValueError) as exc:
         raise ModelLoadError(f"cannot load Whisper weights from {model_dir}: {exc}") from exc
     model.eval()
     return model, processor
+
+
+def default_processor_source(arch: WhisperModelConfig) -> str:
+    """Where a model built from ``arch`` alone takes its tokenizer and feature extractor from.
+
+    English-only architectures use the bundled tiny.en (every English-only Whisper shares its tokenizer
+    and 80-bin features), so they work offline. No multilingual tokenizer is bundled: those come from
+    ``openai/whisper-tiny`` (or ``openai/whisper-large-v3`` for its 128-bin features and larger
+    vocabulary) in the Hugging Face cache or on the hub.
+    """
+    if arch.is_english_only:
+        return BUNDLED_MODEL_NAMES[0]
+    return MULTILINGUAL_LARGE_V3_ID if arch.num_mel_bins != N_MELS else MULTILINGUAL_HUB_ID
+
+
+def _model_from_config(arch: WhisperModelConfig, model_name_or_path, overrides: dict[str, Any]):
+    """A randomly initialised model of ``arch`` with the processor of ``model_name_or_path`` (or the default)."""
+    from transformers import WhisperForConditionalGeneration
+
+    source = model_name_or_path if model_name_or_path is not None else default_processor_source(arch)
+    try:
+        model_dir = resolve_model_dir(source)
+    except ModelLoadError as exc:
+        if model_name_or_path is not None or arch.is_english_only:
+            raise
+        raise ModelLoadError(
+            f"a multilingual custom_config needs a multilingual tokenizer, and none is bundled: {exc}. "
+            "Pass model_name_or_path=<a local multilingual Whisper folder>, or use_multilingual=False"
+        ) from exc
+    processor = _load_processor(model_dir)
+    _check_processor_fits(arch, processor, source)
+    config = arch.to_whisper_config(tokenizer=processor.tokenizer, **overrides)
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = _generation_config_from(model_dir, config)
+    model.eval()
+    return model, processor
+
+
+def _check_processor_fits(arch: WhisperModelConfig, processor, source) -> None:
+    if arch.num_mel_bins != processor.feature_extractor.feature_size:
+        raise ModelConfigError(
+            f"custom_config needs {arch.num_mel_bins} mel bins but {source} provides "
+            f"{processor.feature_extractor.feature_size}-bin features"
+        )
+    if arch.use_multilingual and len(processor.tokenizer) <= ENGLISH_VOCAB_SIZE:
+        raise ModelConfigError(
+            f"custom_config is multilingual but the tokenizer of {source} is English-only; "
+            "pass a multilingual model (e.g. a local openai/whisper-tiny directory) as model_name_or_path"
+        )
 
 
 def resolve_model_dir(model_name_or_path: str | os.PathLike) -> Path:
@@ -210,7 +257,7 @@ def _hub_snapshot(repo_id: str, local_only: bool) -> Path | None:
 
 def _load_processor(model_dir: Path):
     """The processor saved with the model, else the one in the parent (training checkpoints)."""
-    from transformers import WhisperProcessor
+    from training.processor import WhisperProcessor
 
     errors = []
     for candidate in (model_dir, model_dir.parent):

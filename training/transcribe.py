@@ -72,10 +72,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.files and not args.corpus:
         parser.error("give audio files or --corpus DIR")
 
+    try:
+        return _transcribe_files(args)
+    except (ValueError, OSError) as error:
+        # Missing or undecodable audio (AudioError), an unknown model (ModelLoadError), a bad option:
+        # one line naming the problem, no traceback.
+        print(f"{parser.prog}: error: {error}", file=sys.stderr)
+        return 2
+
+
+def _transcribe_files(args: argparse.Namespace) -> int:
     from training.metrics import compute_wer
     from training.modeling import create_whisper_model_and_processor
     from whisper_triton.corpus import read_manifest, synthesize_corpus
 
+    if args.beam_size < 1:
+        raise ValueError(f"--beam-size must be >= 1, got {args.beam_size}")
     references: list[str | None] = []
     paths: list[Path] = [Path(f) for f in args.files]
     references += [None] * len(paths)
@@ -84,8 +96,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         paths += [Path(entry["audio_filepath"]) for entry in entries]
         references += [entry["text"] for entry in entries]
 
+    audios = [load_audio(path) for path in paths]  # before the model loads: a bad file fails at once
     model, processor = create_whisper_model_and_processor(args.model)
-    audios = [load_audio(path) for path in paths]
     started = time.perf_counter()
     texts = transcribe_audio(model, processor, audios, num_beams=args.beam_size)
     elapsed = time.perf_counter() - started

@@ -137,22 +137,23 @@ def list_utterances(source: str | os.PathLike) -> list[Utterance]:
     raise DataError(f"{source} does not exist")
 
 
+def split_candidates(split: str, data_dir: str | os.PathLike | None) -> list[Path]:
+    """Where ``split`` may be on local disk, in the order they are tried."""
+    candidates = [Path(split).expanduser()]
+    if data_dir is not None:
+        root = Path(data_dir).expanduser()
+        candidates += [
+            root / split,
+            root / "LibriSpeech" / split,  # as the openslr tarballs unpack
+            root / f"{split}.jsonl",
+            root / f"{split}.csv",
+        ]
+    return candidates
+
+
 def resolve_local_split(split: str, data_dir: str | os.PathLike | None) -> Path | None:
     """The folder or manifest that holds ``split`` locally, or None if there is none."""
-    if Path(split).expanduser().exists():
-        return Path(split).expanduser()
-    if data_dir is None:
-        return None
-    root = Path(data_dir).expanduser()
-    for candidate in (
-        root / split,
-        root / "LibriSpeech" / split,
-        root / f"{split}.jsonl",
-        root / f"{split}.csv",
-    ):
-        if candidate.exists():
-            return candidate
-    return None
+    return next((path for path in split_candidates(split, data_dir) if path.exists()), None)
 
 
 def _with_durations(utterances: list[Utterance]) -> list[Utterance]:
