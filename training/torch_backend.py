@@ -24,7 +24,8 @@ class TorchDecoderBackend:
         self._cache_argument = "cache" if "cache" in parameters else "past_key_values"
 
     def cross_attention(self, encoder_output: np.ndarray):
-        return torch.from_numpy(np.ascontiguousarray(encoder_output)).to(self.model.dtype)
+        states = torch.from_numpy(np.ascontiguousarray(encoder_output))
+        return states.to(device=self.model.device, dtype=self.model.dtype)
 
     def new_cache(self, batch: int):
         return None
@@ -34,20 +35,20 @@ class TorchDecoderBackend:
         # transformers' decoder wants the encoder states per row; the rows of a window are consecutive.
         states = cross.repeat_interleave(tokens.shape[0] // cross.shape[0], dim=0)
         out = self.model.model.decoder(
-            input_ids=torch.from_numpy(tokens),
+            input_ids=torch.from_numpy(tokens).to(self.model.device),
             encoder_hidden_states=states,
             use_cache=True,
             **{self._cache_argument: cache},
         )
         logits = self.model.proj_out(out.last_hidden_state)
-        return logits.float().numpy(), out.past_key_values
+        return logits.float().cpu().numpy(), out.past_key_values
 
     def select(self, cache, cross, rows: np.ndarray, windows: np.ndarray | None):
         if cache is not None:  # transformers keeps self- and cross-attention caches per row
-            cache.reorder_cache(torch.from_numpy(np.asarray(rows, dtype=np.int64)))
+            cache.reorder_cache(torch.from_numpy(np.asarray(rows, dtype=np.int64)).to(self.model.device))
         if windows is None:
             return cache, cross
-        return cache, cross[torch.from_numpy(np.asarray(windows, dtype=np.int64))]
+        return cache, cross[torch.from_numpy(np.asarray(windows, dtype=np.int64)).to(self.model.device)]
 
 
 class TorchEncoder:
@@ -56,8 +57,8 @@ class TorchEncoder:
 
     @torch.inference_mode()
     def __call__(self, features: np.ndarray) -> np.ndarray:
-        states = self.model.model.encoder(torch.from_numpy(features).to(self.model.dtype)).last_hidden_state
-        return states.float().numpy()
+        features = torch.from_numpy(features).to(device=self.model.device, dtype=self.model.dtype)
+        return self.model.model.encoder(features).last_hidden_state.float().cpu().numpy()
 
 
 def torch_transcriber(model, processor, vad=None) -> Transcriber:

@@ -1,10 +1,11 @@
-"""Reference transcription with the PyTorch (transformers) model.
+"""In-process transcription with the PyTorch (transformers) model: what the server does, in one process.
 
-This is the path every faster one (ONNX, quantised, Triton, streaming) is measured against, so it stays
-plain: ``transcription_features`` (openai/whisper's log-mel convention) and ``model.generate`` with
-greedy or beam search, no timestamps, one 30-second window per utterance.
+``transcribe_audio`` decodes exactly as the Triton models do (``whisper_triton.transcriber``: Silero VAD
+windows for audio of any length, openai/whisper's guards with temperature fallback, continuation, the
+same options), over transformers' model instead of the exported graphs. It is the path every faster
+one (ONNX, quantised, Triton, streaming) is measured against.
 
-    python -m training.transcribe a.wav b.flac              # any audio files
+    python -m training.transcribe a.wav b.flac              # any audio files, any length
     python -m training.transcribe --corpus DIR --num 6      # synthesise sentences, transcribe, score
 """
 
@@ -19,8 +20,17 @@ from pathlib import Path
 import numpy as np
 
 from whisper_triton.audio import load_audio
-from whisper_triton.constants import SAMPLE_RATE
-from whisper_triton.features import transcription_features
+from whisper_triton.constants import N_SAMPLES, SAMPLE_RATE
+from whisper_triton.options import MAX_NEW_TOKENS, DecodingOptions, OptionsError
+
+
+def transcriber(model, processor):
+    """The in-process ``Transcriber`` for ``model``: ``.transcribe(audio, DecodingOptions(...))`` gives a
+    ``Transcript`` (text, timed segments, language) for audio of any length, as the server would."""
+    from training.torch_backend import torch_transcriber
+    from whisper_triton.vad import SileroVad
+
+    return torch_transcriber(model, processor, vad=SileroVad())
 
 
 def transcribe_audio(
@@ -30,27 +40,36 @@ def transcribe_audio(
     num_beams: int = 1,
     batch_size: int = 8,
     max_new_tokens: int | None = None,
+    **options,
 ) -> list[str]:
-    """Transcripts of 16 kHz mono float32 ``audios`` (each at most 30 s), in input order."""
-    import torch
+    """Transcripts of 16 kHz mono float32 ``audios`` of any length, in input order.
 
+    Clips of up to 30 s are decoded ``batch_size`` at a time; longer ones are cut into windows at pauses
+    (nothing is truncated). ``options`` are any other ``DecodingOptions`` fields (``temperature``,
+    ``initial_prompt``, ``repetition_penalty``, ...).
+    """
     if num_beams < 1:
         raise ValueError(f"num_beams must be >= 1, got {num_beams}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    n_mels = processor.feature_extractor.feature_size
-    texts: list[str] = []
-    for start in range(0, len(audios), batch_size):
-        batch = list(audios[start : start + batch_size])
-        features = torch.from_numpy(transcription_features(batch, n_mels=n_mels)).to(model.dtype)
-        with torch.inference_mode():
-            ids = model.generate(
-                input_features=features.to(model.device),
-                num_beams=num_beams,
-                do_sample=False,
-                max_new_tokens=max_new_tokens,
-            )
-        texts.extend(text.strip() for text in processor.batch_decode(ids, skip_special_tokens=True))
+    try:
+        decoding = DecodingOptions(
+            beam_size=num_beams, max_new_tokens=max_new_tokens or MAX_NEW_TOKENS, **options
+        )
+    except (OptionsError, TypeError) as error:
+        raise ValueError(f"transcribe_audio: {error}") from error
+    engine = transcriber(model, processor)
+    texts: list[str | None] = [None] * len(audios)
+    short = [i for i, audio in enumerate(audios) if len(audio) <= N_SAMPLES]
+    for start in range(0, len(short), batch_size):
+        batch = short[start : start + batch_size]
+        for index, transcript in zip(
+            batch, engine.transcribe_batch([audios[i] for i in batch], decoding), strict=True
+        ):
+            texts[index] = transcript.text
+    for index, audio in enumerate(audios):
+        if texts[index] is None:
+            texts[index] = engine.transcribe(audio, decoding).text
     return texts
 
 

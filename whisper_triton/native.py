@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import shutil
 import subprocess
@@ -23,3 +24,15 @@ def missing_libraries(binaries: Sequence[Path], env: Mapping[str, str]) -> list[
             f"{binary.name}: {line.strip()}" for line in result.stdout.splitlines() if "not found" in line
         ]
     return missing
+
+
+def release_free_memory() -> None:
+    """Hand freed heap memory back to the operating system.
+
+    glibc keeps what a large request freed in its arenas, so without this a server process stays at its
+    largest request's peak for good (measured in scripts/bench_memory.py). A no-op where there is no glibc.
+    """
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass

@@ -45,14 +45,15 @@ def resolve_options(options: DecodingOptions, samples: int) -> DecodingOptions:
 
 
 def prepare_windows(
-    audio: np.ndarray, n_mels: int, options: DecodingOptions, vad=None
+    audio: np.ndarray, n_mels: int, options: DecodingOptions, vad=None, pauses: str = "vad"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Log-mel features ``[W, n_mels, 3000]`` of each window and the windows ``[W, 3]``: start, end and
     where the window's last speech ends (its start when it holds none), in seconds.
 
     ``vad`` (a :class:`~whisper_triton.vad.SileroVad`) finds the pauses to cut at and the speech;
     without it, pauses come from frame energy and every window counts as speech to its end.
-    ``options.vad_filter`` keeps only the speech regions (it needs ``vad``).
+    ``options.vad_filter`` keeps only the speech regions (it needs ``vad``). ``pauses="energy"`` cuts at
+    energy pauses even with a VAD (for the comparison in scripts/bench_long_form.py).
     """
     probabilities = vad.probabilities(audio) if vad is not None else None
     if options.vad_filter:
@@ -62,7 +63,7 @@ def prepare_windows(
         if not bounds:  # no speech at all: one empty window marks it (decode_windows skips it)
             bounds = [(0, min(audio.shape[0], N_SAMPLES))]
     else:
-        bounds = split_windows(audio, probabilities)
+        bounds = split_windows(audio, probabilities if pauses == "vad" else None)
     features = transcription_features([audio[start:end] for start, end in bounds], n_mels)
     threshold = options.speech_threshold
     windows = np.array(
@@ -238,13 +239,14 @@ class Transcriber:
         manifest: ModelManifest,
         tokenizer,
         vad=None,
+        pauses: str = "vad",
     ):
         self.encoder, self.backend, self.manifest, self.tokenizer = encoder, backend, manifest, tokenizer
-        self.vad = vad
+        self.vad, self.pauses = vad, pauses
 
     def transcribe(self, audio: np.ndarray, options: DecodingOptions | None = None) -> Transcript:
         options = resolve_options(options or DecodingOptions(), len(audio))
-        features, windows = prepare_windows(audio, self.manifest.n_mels, options, self.vad)
+        features, windows = prepare_windows(audio, self.manifest.n_mels, options, self.vad, self.pauses)
         pieces = decode_windows(
             self.encoder(features),
             features,

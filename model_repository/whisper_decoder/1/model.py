@@ -19,12 +19,15 @@ import triton_python_backend_utils as pb_utils
 import whisper_triton
 from whisper_triton import contract
 from whisper_triton.manifest import TOKENIZER_FILE, ModelManifest
+from whisper_triton.native import release_free_memory
 from whisper_triton.onnx_runtime import OnnxDecoderBackend
 from whisper_triton.options import DecodingOptions
 from whisper_triton.serving import response_json
 from whisper_triton.tensorrt_runtime import DECODER_ENGINE
 from whisper_triton.tokenizer import TextTokenizer
 from whisper_triton.transcriber import decode_windows
+
+LARGE_BATCH_WINDOWS = 8  # after decoding this many windows, give the freed memory back to the system
 
 
 class TritonPythonModel:
@@ -79,6 +82,7 @@ class TritonPythonModel:
             )
             groups[options].append(index)
         responses = [None] * len(requests)
+        windows = sum(inputs[i][2].shape[0] for i in range(len(requests)))
         for options_json, members in groups.items():
             try:
                 options = DecodingOptions.from_json(options_json)
@@ -117,4 +121,6 @@ class TritonPythonModel:
                         pb_utils.Tensor(contract.SEGMENTS, np.array([[segments.encode()]], dtype=object)),
                     ]
                 )
+        if windows >= LARGE_BATCH_WINDOWS:
+            release_free_memory()
         return responses
