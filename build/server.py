@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import secrets
 import shutil
 import signal
 import socket
@@ -31,6 +33,12 @@ from whisper_triton.build.triton_runtime import TritonRuntime, TritonRuntimeErro
 
 ModelControlMode = Literal["none", "explicit"]
 POLL_INTERVAL_S = 0.1
+ADMIN_HEADER = "whisper-triton-admin-key"
+ADMIN_APIS = ("model-repository", "shared-memory", "logging", "trace")  # what only an operator may do
+STUB_BINARY = "triton_python_backend_stub"
+RESTART_GRACE_S = 5.0  # how long a restart lets the old server finish before killing it
+SHM_DIRECTORY = Path("/dev/shm")
+SHM_PREFIX = "triton_python_backend_shm_region_"
 
 
 class TritonServerError(RuntimeError):
@@ -55,6 +63,85 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
         return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().split(") ")[-1][:1] not in ("Z", "X")  # a zombie is dead
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def stub_processes(server_pid: int) -> dict[int, list[str]]:
+    """The Python-backend stub processes of a server (pid -> the shared-memory regions they use)."""
+    stubs = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().split(") ")[-1].split()[1])
+            with open(f"/proc/{entry}/cmdline", "rb") as handle:
+                arguments = handle.read().decode(errors="replace").split("\0")
+        except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
+            continue
+        if parent == server_pid and arguments and arguments[0].endswith(STUB_BINARY):
+            stubs[int(entry)] = [a for a in arguments if a.startswith(SHM_PREFIX)]
+    return stubs
+
+
+def remove_orphans(stub_binary: Path) -> None:
+    """What servers killed outright left behind: their stubs (running this ``stub_binary``, now without
+    a parent server) and the shared-memory regions no process maps any more."""
+    killed = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as stat:
+                parent = int(stat.read().split(") ")[-1].split()[1])
+            executable = os.readlink(f"/proc/{entry}/exe")
+        except (FileNotFoundError, ProcessLookupError, PermissionError, ValueError, OSError):
+            continue
+        if executable == str(stub_binary.resolve()) and (parent == 1 or not _is_server(parent)):
+            try:
+                os.kill(int(entry), signal.SIGKILL)
+                killed.append(int(entry))
+            except (ProcessLookupError, PermissionError):
+                pass
+    deadline = time.monotonic() + 5
+    while any(_alive(pid) for pid in killed) and time.monotonic() < deadline:
+        time.sleep(POLL_INTERVAL_S)  # their mappings go when they are gone
+    remove_orphaned_shared_memory()
+
+
+def _is_server(pid: int) -> bool:
+    try:
+        return os.readlink(f"/proc/{pid}/exe").endswith("tritonserver")
+    except OSError:
+        return False
+
+
+def remove_orphaned_shared_memory() -> list[str]:
+    """Delete Python-backend shared-memory regions that no running process maps (left by a server that
+    was killed outright); returns their names."""
+    regions = {path.name for path in SHM_DIRECTORY.glob(SHM_PREFIX + "*")}
+    if not regions:
+        return []
+    in_use = set()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/maps") as maps:
+                in_use.update(re.findall(SHM_PREFIX + r"[\w-]+", maps.read()))
+        except (FileNotFoundError, ProcessLookupError, PermissionError):
+            continue
+    orphans = sorted(regions - in_use)
+    for name in orphans:
+        (SHM_DIRECTORY / name).unlink(missing_ok=True)
+    return orphans
 
 
 def _process_group_exists(pgid: int) -> bool:
@@ -94,6 +181,7 @@ class TritonServer:
         log_path: Path | None = None,
         startup_timeout_s: float = 120.0,
         extra_args: Sequence[str] = (),
+        admin_key: str | None = None,
     ):
         if model_control_mode not in ("none", "explicit"):
             raise ValueError(f"model_control_mode must be 'none' or 'explicit', not {model_control_mode!r}")
@@ -111,6 +199,11 @@ class TritonServer:
         self.log_path = Path(log_path) if log_path is not None else None
         self.startup_timeout_s = startup_timeout_s
         self.extra_args = tuple(extra_args)
+        # Admin APIs (model control, shared memory, logging, trace) answer only requests that carry this
+        # key in the ADMIN_HEADER header; without one given, a random key nobody knows: closed.
+        self.admin_key = admin_key or secrets.token_urlsafe(24)
+        self._stub_pids: dict[int, list[str]] = {}  # pid -> its shared-memory regions
+        self._restarted = False
         self._process: subprocess.Popen | None = None
         self._log: IO[bytes] | None = None
 
@@ -150,6 +243,8 @@ class TritonServer:
         for endpoint in ("http", "grpc", "metrics"):
             command += [f"--{endpoint}-address", self.host, f"--{endpoint}-port", str(self.ports[endpoint])]
         command += ["--log-verbose", "0", "--model-control-mode", self.model_control_mode]
+        admin = f"{','.join(ADMIN_APIS)}:{ADMIN_HEADER}={self.admin_key}"
+        command += [f"--http-restricted-api={admin}", f"--grpc-restricted-protocol={admin}"]
         command += [f"--load-model={name}" for name in self.load_models]
         return command + list(self.extra_args)
 
@@ -161,12 +256,13 @@ class TritonServer:
             raise TritonServerError(f"model repository {self.model_repository} is not a directory")
         if self.runtime is None:
             self.runtime = prepare_triton_runtime()
+        remove_orphans(self.runtime.backend_directory / "python" / STUB_BINARY)
         self._choose_ports()
         if self.log_path is None:
             logs = self.runtime.backend_directory.parent / "logs"  # <cache>/triton/logs
             self.log_path = logs / f"tritonserver-{self.ports['http']}.log"
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        self._log = open(self.log_path, "wb")
+        self._log = open(self.log_path, "ab" if self._restarted else "wb")  # a restart continues the log
         command = self.command()
         # If this Python process dies without stopping the server (SIGKILL, a crashed test run), setpriv
         # makes the kernel send the server SIGTERM, so no tritonserver outlives its owner. (The kernel ties
@@ -210,6 +306,7 @@ class TritonServer:
                     + self._diagnostics()
                 )
             if self._http_ok("GET", "/v2/health/ready"):
+                self._stub_pids = {pid: regions for pid, regions in stub_processes(self._process.pid).items()}
                 return
             if time.monotonic() > deadline:
                 raise TritonServerError(
@@ -219,7 +316,9 @@ class TritonServer:
 
     def _http(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
         url = f"http://{self._connect_host}:{self.ports['http']}{path}"
-        request = urllib.request.Request(url, data=body, method=method)
+        request = urllib.request.Request(
+            url, data=body, method=method, headers={ADMIN_HEADER: self.admin_key}
+        )
         try:
             with urllib.request.urlopen(request, timeout=2) as response:
                 return response.status, response.read()
@@ -293,9 +392,25 @@ class TritonServer:
                 time.sleep(POLL_INTERVAL_S)
             if _process_group_exists(pgid):
                 self._signal_group(pgid, signal.SIGKILL)
+        # A server killed outright (kill -9, out of memory) leaves its stubs' shared memory behind.
+        for regions in self._stub_pids.values():
+            for region in regions:
+                (SHM_DIRECTORY / region).unlink(missing_ok=True)
         if self._log is not None:
             self._log.close()
             self._log = None
+
+    def dead_stubs(self) -> list[int]:
+        """The model stub processes that were running when the server became ready and are gone now."""
+        return [pid for pid in self._stub_pids if not _alive(pid)]
+
+    def restart(self) -> None:
+        """Stop the server and everything of it, and start it again on the same ports."""
+        self._requested_ports = dict(self.ports)
+        # A short grace: the requests in flight to a dead model would only be waited for in vain.
+        self.stop(timeout_s=RESTART_GRACE_S)
+        self._process, self._restarted = None, True
+        self.start()
 
     @staticmethod
     def _signal_group(pgid: int, signum: int) -> None:
@@ -311,18 +426,45 @@ class TritonServer:
         self.stop()
 
 
-def _follow(server: TritonServer) -> int:
-    """Print the server log as it grows until the server exits; its exit code."""
+RESTART_WINDOW_S = 300.0  # more than MAX_RESTARTS restarts within this window: give up (a crash loop)
+MAX_RESTARTS = 5
+
+
+def _supervise(server: TritonServer) -> int:
+    """Print the server log as it grows; restart the server when it or one of its model stubs dies.
+
+    Triton 2.51 neither replaces a Python-backend stub that died (kill -9, out of memory) nor reports
+    it: the server stays "ready" while every request to that model fails. A restart replaces every
+    stub; meanwhile clients get connection errors at once (never a hang) and readiness probes fail.
+    """
+    restarts: list[float] = []
     with open(server.log_path, "rb") as log:
         while True:
             chunk = log.read()
             if chunk:
                 sys.stdout.write(chunk.decode(errors="replace"))
                 sys.stdout.flush()
-            elif not server.is_alive():
-                return server.returncode or 0
-            else:
+                continue
+            dead = server.dead_stubs()
+            if server.is_alive() and not dead:
                 time.sleep(0.2)
+                continue
+            reason = (
+                f"model stub process(es) {dead} died"
+                if dead
+                else f"tritonserver exited ({server.returncode})"
+            )
+            now = time.monotonic()
+            restarts = [t for t in restarts if now - t < RESTART_WINDOW_S] + [now]
+            if len(restarts) > MAX_RESTARTS:
+                print(
+                    f"{reason}; {MAX_RESTARTS} restarts in {RESTART_WINDOW_S:.0f} s: giving up",
+                    file=sys.stderr,
+                )
+                return 1
+            print(f"{reason}: restarting tritonserver", file=sys.stderr, flush=True)
+            server.restart()
+            print(f"ready again: HTTP {server.url_http}, gRPC {server.url_grpc}", file=sys.stderr, flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -340,6 +482,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--load-model", action="append", default=[], help="with explicit mode; repeatable")
     parser.add_argument("--log-file", type=Path, help="default: <cache>/triton/logs/tritonserver-PORT.log")
     parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds (%(default)s)")
+    parser.add_argument(
+        "--admin-key",
+        default=os.environ.get("WHISPER_TRITON_ADMIN_KEY"),
+        help=f"model control, shared memory, logging and trace need the header {ADMIN_HEADER}: <this key> "
+        "(default: $WHISPER_TRITON_ADMIN_KEY; unset: those APIs are closed)",
+    )
     args = parser.parse_args(argv)
     # Ctrl-C and SIGTERM (docker stop, kill) both stop the server through KeyboardInterrupt; SIGINT is set
     # explicitly because a shell starts background jobs with it ignored.
@@ -355,6 +503,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         load_models=args.load_model,
         log_path=args.log_file,
         startup_timeout_s=args.startup_timeout,
+        admin_key=args.admin_key,
     )
     try:
         print(f"starting tritonserver for {server.model_repository} ...", flush=True)
@@ -364,9 +513,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"metrics {server.url_metrics} (log: {server.log_path}); Ctrl-C stops it",
                 flush=True,
             )
-            code = _follow(server)
-            print(f"tritonserver exited with code {code}", file=sys.stderr)
-            return code or 1  # it is meant to run until stopped: exiting on its own is a failure
+            return _supervise(server)  # returns only when it gives up: a failure
     except (TritonRuntimeError, TritonServerError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1

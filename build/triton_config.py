@@ -7,6 +7,7 @@ construction; ``parse_config`` reads a written file back the same way (tests com
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from whisper_triton import contract
 from whisper_triton.contract import TensorSpec
 from whisper_triton.manifest import ModelManifest
+from whisper_triton.windows import TARGET_SECONDS
 
 RUNTIMES = ("python", "onnxruntime", "tensorrt")
 ENCODER_MAX_WINDOWS = 20  # windows per encoder call: the TensorRT profile's maximum (build/tensorrt.py)
@@ -71,6 +73,7 @@ def model_configs(manifest: ModelManifest, settings: ServingSettings) -> dict[st
     """The ModelConfig of each model in the repository, keyed by model name."""
     n_frames = 2 * manifest.n_audio_ctx  # the encoder's stride-2 convolution halves the mel frames
     threads = {"threads": str(settings.threads)}
+    windows = str(max_windows(settings.max_audio_seconds))
     features = _python_model(
         contract.FEATURES_MODEL,
         contract.ensemble_inputs(),
@@ -90,7 +93,7 @@ def model_configs(manifest: ModelManifest, settings: ServingSettings) -> dict[st
             contract.ENCODER_MODEL,
             encoder_inputs,
             encoder_outputs,
-            threads,
+            {**threads, "n_mels": str(manifest.n_mels), "n_frames": str(n_frames), "max_windows": windows},
             settings.max_batch_size,
             1,
             settings,
@@ -126,6 +129,7 @@ def model_configs(manifest: ModelManifest, settings: ServingSettings) -> dict[st
             "encoder_input": encoder_names[0],
             "encoder_output": encoder_names[1],
             "encoder_max_windows": str(ENCODER_MAX_WINDOWS),
+            "max_windows": windows,
         },
         settings.max_batch_size,
         1,
@@ -140,6 +144,12 @@ def model_configs(manifest: ModelManifest, settings: ServingSettings) -> dict[st
         contract.DECODER_MODEL: decoder,
         contract.ENSEMBLE_MODEL: _ensemble(settings),
     }
+
+
+def max_windows(max_audio_seconds: float) -> int:
+    """Windows one request can have: pieces merge up to TARGET_SECONDS, so two consecutive windows span
+    more than that (only a short piece that did not fit starts a new one) and the last may be short."""
+    return 2 * math.ceil(max_audio_seconds / TARGET_SECONDS) + 1
 
 
 def max_decoder_rows(manifest: ModelManifest, memory_mb: int) -> int:

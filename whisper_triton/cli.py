@@ -22,6 +22,11 @@ COMMANDS: dict[str, tuple[str, bool, str]] = {
     "runtime": ("whisper_triton.build.triton_runtime", False, "prepare the local CPU Triton runtime"),
     "transcribe": ("whisper_triton.client.cli", True, "transcribe audio files through a running server"),
     "perf": ("whisper_triton.client.perf_analyzer", False, "Triton's perf_analyzer against a running server"),
+    "probe": (
+        "whisper_triton.client.probe",
+        False,
+        "exit 0 only if a running server transcribes (readiness)",
+    ),
 }
 
 

@@ -122,3 +122,50 @@ def response_json(
     """TEXT and SEGMENTS (JSON) of one request from its windows' decoded pieces."""
     transcript = assemble(pieces, windows, options, manifest)
     return transcript.text, json.dumps([segment.to_dict() for segment in transcript.segments])
+
+
+def check_encoder_input(features: np.ndarray, n_mels: int, n_frames: int, max_windows: int) -> None:
+    """What a direct call to the encoder model may send: the feature model's output, within the limits."""
+    if features.ndim != 4 or features.shape[0] != 1 or features.shape[2:] != (n_mels, n_frames):
+        raise RequestError(
+            f"INPUT_FEATURES must be [1, windows, {n_mels}, {n_frames}], got {list(features.shape)}"
+        )
+    if not 1 <= features.shape[1] <= max_windows:
+        raise RequestError(
+            f"INPUT_FEATURES holds {features.shape[1]} windows; 1 to {max_windows} per request"
+        )
+    if not np.all(np.isfinite(features)):
+        raise RequestError("INPUT_FEATURES has NaN or infinite values")
+
+
+def check_decoder_inputs(
+    states: np.ndarray, features: np.ndarray, windows: np.ndarray, manifest: ModelManifest, max_windows: int
+) -> None:
+    """What a direct call to the decoding model may send: consistent shapes, sane windows, the limits."""
+    count = windows.shape[1] if windows.ndim == 3 else -1
+    expected = {
+        "ENCODER_OUTPUT": (states, (1, count, manifest.n_audio_ctx, manifest.d_model)),
+        "INPUT_FEATURES": (features, (1, count, manifest.n_mels, 2 * manifest.n_audio_ctx)),
+        "WINDOWS": (windows, (1, count, 3)),
+    }
+    for name, (array, shape) in expected.items():
+        if array.shape != shape:
+            raise RequestError(
+                f"{name} must be {list(shape)} (one request of the same windows), got {list(array.shape)}"
+            )
+    if not 1 <= count <= max_windows:
+        raise RequestError(f"{count} windows in one request; 1 to {max_windows}")
+    for name, (array, _) in expected.items():
+        if not np.all(np.isfinite(array)):
+            raise RequestError(f"{name} has NaN or infinite values")
+    start, end, speech = windows[0, :, 0], windows[0, :, 1], windows[0, :, 2]
+    if (
+        np.any(start < 0)
+        or np.any(end <= start)
+        or np.any(end - start > 30.0 + 1e-3)
+        or np.any(speech < start)
+        or np.any(speech > end)
+    ):
+        raise RequestError(
+            "WINDOWS must hold (start, end, speech end) with 0 <= start <= speech end <= end <= start + 30 s"
+        )

@@ -261,13 +261,20 @@ class Transcriber:
         return assemble(pieces, windows, options, self.manifest)
 
     def transcribe_batch(
-        self, audios: list[np.ndarray], options: DecodingOptions | None = None
+        self, audios: list[np.ndarray], options: DecodingOptions | None = None, batch_size: int = 16
     ) -> list[Transcript]:
-        """Short clips (<= 30 s each) decoded together in one batch."""
+        """Short clips (<= 30 s each), ``batch_size`` at a time through the encoder and the decoder
+        (features, encoder states and cross K/V of a batch are held in memory at once)."""
         options = options or DecodingOptions()
         if any(len(audio) > N_SAMPLES for audio in audios):
             raise ValueError("transcribe_batch takes clips of at most 30 s; use transcribe for longer audio")
         options = resolve_options(options, 0)
+        transcripts: list[Transcript] = []
+        for start in range(0, len(audios), batch_size):
+            transcripts += self._short_batch(audios[start : start + batch_size], options)
+        return transcripts
+
+    def _short_batch(self, audios: list[np.ndarray], options: DecodingOptions) -> list[Transcript]:
         features = transcription_features(audios, self.manifest.n_mels)
         ends = [len(a) / SAMPLE_RATE for a in audios]
         threshold = options.speech_threshold

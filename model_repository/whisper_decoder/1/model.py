@@ -21,8 +21,8 @@ from whisper_triton import contract
 from whisper_triton.manifest import TOKENIZER_FILE, ModelManifest
 from whisper_triton.native import release_free_memory
 from whisper_triton.onnx_runtime import OnnxDecoderBackend
-from whisper_triton.options import DecodingOptions
-from whisper_triton.serving import response_json
+from whisper_triton.options import DecodingOptions, OptionsError
+from whisper_triton.serving import RequestError, check_decoder_inputs, response_json
 from whisper_triton.tensorrt_runtime import DECODER_ENGINE
 from whisper_triton.tokenizer import TextTokenizer
 from whisper_triton.transcriber import decode_windows
@@ -40,7 +40,9 @@ class TritonPythonModel:
         self.tokenizer = TextTokenizer(directory / TOKENIZER_FILE)
         self.max_rows = int(parameters["max_decoder_rows"])
         self.encoder_input, self.encoder_output = parameters["encoder_input"], parameters["encoder_output"]
-        self.encoder_max_windows = int(parameters["encoder_max_windows"])
+        self.max_windows = int(parameters["max_windows"])
+        # Continuation windows of several requests go to the encoder in calls it accepts from one request.
+        self.encoder_max_windows = min(int(parameters["encoder_max_windows"]), self.max_windows)
         if (directory / DECODER_ENGINE).is_file():
             from whisper_triton.tensorrt_runtime import TensorRTDecoderBackend
 
@@ -68,21 +70,27 @@ class TritonPythonModel:
         # Requests with the same options are decoded together: all their windows step through the
         # decoder as one batch (within max_decoder_rows), and finished windows leave it as they end.
         groups = defaultdict(list)
-        inputs = []
+        inputs = {}
+        responses = [None] * len(requests)
         for index, request in enumerate(requests):
             get = lambda name, r=request: pb_utils.get_input_tensor_by_name(r, name).as_numpy()  # noqa: E731
-            states, features = get(contract.ENCODER_OUTPUT), get(contract.INPUT_FEATURES)
-            windows, options = get(contract.WINDOWS), get(contract.DECODE_OPTIONS).reshape(-1)[0]
-            inputs.append(
-                (
-                    states.reshape(-1, *states.shape[-2:]),
-                    features.reshape(-1, *features.shape[-2:]),
-                    windows.reshape(-1, windows.shape[-1]),
-                )
+            states, features, windows = (
+                get(contract.ENCODER_OUTPUT),
+                get(contract.INPUT_FEATURES),
+                get(contract.WINDOWS),
             )
+            try:
+                # The ensemble sends valid tensors; a direct call to this model is checked like a request.
+                check_decoder_inputs(states, features, windows, self.manifest, self.max_windows)
+                options = get(contract.DECODE_OPTIONS).reshape(-1)[0]
+                DecodingOptions.from_json(options)
+            except (RequestError, OptionsError) as exc:
+                error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+                responses[index] = pb_utils.InferenceResponse(error=error)
+                continue
+            inputs[index] = (states[0], features[0], windows[0])
             groups[options].append(index)
-        responses = [None] * len(requests)
-        windows = sum(inputs[i][2].shape[0] for i in range(len(requests)))
+        windows = sum(value[2].shape[0] for value in inputs.values())
         for options_json, members in groups.items():
             try:
                 options = DecodingOptions.from_json(options_json)

@@ -1,7 +1,12 @@
-"""Triton model `whisper_encoder` on the Python backend: the ONNX encoder in ONNX Runtime (CPU servers)."""
+"""Triton model `whisper_encoder` on the Python backend: the ONNX encoder in ONNX Runtime (CPU servers).
+
+Clients call the `whisper` ensemble, but nothing stops them from calling this model directly: its input
+is checked (shape, window count within the server's duration limit, finite values) like a request's.
+"""
 
 import json
 import pathlib
+import traceback
 
 # Before numpy and whisper_triton: the bundled code, then PYTHONPATH, first on sys.path.
 import _whisper_triton_paths  # noqa: F401
@@ -11,21 +16,43 @@ import triton_python_backend_utils as pb_utils
 import whisper_triton
 from whisper_triton import contract
 from whisper_triton.onnx_runtime import OnnxEncoder
+from whisper_triton.serving import RequestError, check_encoder_input
 
 
 class TritonPythonModel:
     def initialize(self, args):
         # Which code this model runs: the copy bundled next to model.py (tests/test_deployment.py reads it).
         pb_utils.Logger.log_info(f"{args['model_name']}: whisper_triton from {whisper_triton.__path__[0]}")
-        config = json.loads(args["model_config"])
-        threads = int(config["parameters"]["threads"]["string_value"])
-        self.encoder = OnnxEncoder(pathlib.Path(__file__).parent, threads=threads)
+        parameters = {k: v["string_value"] for k, v in json.loads(args["model_config"])["parameters"].items()}
+        self.encoder = OnnxEncoder(pathlib.Path(__file__).parent, threads=int(parameters["threads"]))
+        self.shape = (int(parameters["n_mels"]), int(parameters["n_frames"]))
+        self.max_windows = int(parameters["max_windows"])
 
     def execute(self, requests):
         # The dynamic batcher groups requests with equally many windows: [1, windows, n_mels, 3000] each.
-        batch = [pb_utils.get_input_tensor_by_name(r, contract.INPUT_FEATURES).as_numpy() for r in requests]
-        states = self.encoder(np.concatenate(batch))
-        return [
-            pb_utils.InferenceResponse([pb_utils.Tensor(contract.ENCODER_OUTPUT, states[i : i + 1])])
-            for i in range(len(requests))
-        ]
+        responses = [None] * len(requests)
+        valid, batch = [], []
+        for index, request in enumerate(requests):
+            features = pb_utils.get_input_tensor_by_name(request, contract.INPUT_FEATURES).as_numpy()
+            try:
+                check_encoder_input(features, *self.shape, self.max_windows)
+            except RequestError as exc:
+                error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+                responses[index] = pb_utils.InferenceResponse(error=error)
+                continue
+            valid.append(index)
+            batch.append(features)
+        if not valid:
+            return responses
+        try:
+            states = self.encoder(np.concatenate(batch))
+        except Exception:  # noqa: BLE001 - a server fault: log it here, tell the client no internals
+            pb_utils.Logger.log_error(f"whisper_encoder: {traceback.format_exc()}")
+            for index in valid:
+                error = pb_utils.TritonError("internal error in whisper_encoder (see the server log)")
+                responses[index] = pb_utils.InferenceResponse(error=error)
+            return responses
+        for position, index in enumerate(valid):
+            tensor = pb_utils.Tensor(contract.ENCODER_OUTPUT, states[position : position + 1])
+            responses[index] = pb_utils.InferenceResponse([tensor])
+        return responses
