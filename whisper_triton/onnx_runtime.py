@@ -30,6 +30,10 @@ def session(path: str | Path, threads: int | None = None):
     # Triton) share the cores, and an idle pool that spins steals them from the busy one. Measured on the
     # 2-core machine, int8 server: 8.6 -> 11.2 audio s/s at concurrency 1, 9.4 -> 12.6 at 4.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # No arena: ONNX Runtime's arena keeps every block it ever grew to for the shapes it saw (decoder
+    # rows x cached positions vary with every batch), and a server's decoder grew by ~3 MB a second under
+    # steady load. Without it, freed tensors go back to malloc, which release_free_memory() trims.
+    options.enable_cpu_mem_arena = False
     if not Path(path).is_file():
         raise FileNotFoundError(f"ONNX model {path} is missing; run whisper-triton build")
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])

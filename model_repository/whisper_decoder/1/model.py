@@ -27,8 +27,6 @@ from whisper_triton.tensorrt_runtime import DECODER_ENGINE
 from whisper_triton.tokenizer import TextTokenizer
 from whisper_triton.transcriber import decode_windows
 
-LARGE_BATCH_WINDOWS = 8  # after decoding this many windows, give the freed memory back to the system
-
 
 class TritonPythonModel:
     def initialize(self, args):
@@ -90,7 +88,6 @@ class TritonPythonModel:
                 continue
             inputs[index] = (states[0], features[0], windows[0])
             groups[options].append(index)
-        windows = sum(value[2].shape[0] for value in inputs.values())
         for options_json, members in groups.items():
             try:
                 options = DecodingOptions.from_json(options_json)
@@ -129,6 +126,5 @@ class TritonPythonModel:
                         pb_utils.Tensor(contract.SEGMENTS, np.array([[segments.encode()]], dtype=object)),
                     ]
                 )
-        if windows >= LARGE_BATCH_WINDOWS:
-            release_free_memory()
+        release_free_memory()  # a few milliseconds; without it glibc keeps each batch's peak for good
         return responses
