@@ -14,7 +14,7 @@ APT_LIBRARIES := libb64-0d libpython$(PYTHON_VERSION)
 LOCK := requirements/dev.lock
 MODEL_REPOSITORY ?= model_repository
 
-.PHONY: help setup system-deps lock test lint demo build-repo bench bench-features perf serve clean
+.PHONY: help setup system-deps lock test soak lint demo build-repo bench bench-features perf serve clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -50,6 +50,9 @@ system-deps: ## Debian packages for speech synthesis, audio decoding and perf_an
 
 test: ## the whole test suite (CI runs exactly this after make setup)
 	$(PY) -m pytest -q
+
+soak: ## the bounded load test for 5 minutes instead of 1 (concurrency 8, 10% bad requests, memory growth)
+	WHISPER_TRITON_SOAK_SECONDS=300 $(PY) -m pytest -q -s tests/test_reliability.py -k bounded_load
 
 lint: ## ruff
 	$(PY) -m ruff check .

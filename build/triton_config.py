@@ -32,6 +32,7 @@ class ServingSettings:
     max_audio_bytes: int = 128 * 1024 * 1024  # larger AUDIO_BYTES uploads are rejected before parsing
     decoder_memory_mb: int = 1024  # self-attention cache and logits of one decoder batch, at most
     feature_instances: int = 2  # feature extraction is per request: parallel instances keep up
+    decoder_instances: int = 2  # a long request decodes in one; the others keep serving (bench_fairness.py)
     threads: int = 2  # intra-op threads of each ONNX Runtime session (this machine has 2 cores)
 
     def __post_init__(self):
@@ -132,7 +133,7 @@ def model_configs(manifest: ModelManifest, settings: ServingSettings) -> dict[st
             "max_windows": windows,
         },
         settings.max_batch_size,
-        1,
+        settings.decoder_instances,
         settings,
         kind=mc.ModelInstanceGroup.KIND_GPU
         if settings.runtime == "tensorrt"

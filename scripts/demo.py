@@ -1,6 +1,7 @@
-"""make demo: build tiny.en into model_repository/, start tritonserver, transcribe sample speech over gRPC.
+"""make demo: build tiny.en into model_repository/, start tritonserver, transcribe speech over gRPC.
 
-The samples are synthesised sentences (Piper and espeak-ng) so the demo needs nothing but this repo.
+First two real recordings (tests/data: JFK's inaugural address and a telephone call, sent as files),
+then six synthesised sentences (Piper and espeak-ng); the demo needs nothing but this repository.
 """
 
 from __future__ import annotations
@@ -29,6 +30,12 @@ def main() -> int:
     with TritonServer(REPO / "model_repository", log_path=cache_dir("demo-server.log")) as server:
         print(f"tritonserver ready: gRPC {server.url_grpc}, HTTP {server.url_http}\n", flush=True)
         client = WhisperClient(server.url_grpc)
+        for name in ("jfk", "telephone-conversation"):
+            recording = REPO / "tests" / "data" / f"{name}.flac"
+            t0 = time.perf_counter()
+            text = client.transcribe(recording).text  # sent as the file itself; the server decodes it
+            print(f"{recording.name} ({time.perf_counter() - t0:.2f} s): {text}")
+            print(f"{'what was said':>22}: {(recording.with_suffix('.txt')).read_text().strip()}\n")
         hypotheses, audio_seconds, started = [], 0.0, time.perf_counter()
         for entry in entries:
             audio = load_audio(entry["audio_filepath"])

@@ -139,6 +139,12 @@ BAD_REQUESTS = {
         dict(audio_bytes=b"ffconcat version 1.0\nfile tests/data/jfk.flac\n"),
         "cannot decode",
     ),
+    "hls playlist": (
+        dict(
+            audio_bytes=b"#EXTM3U\n#EXT-X-TARGETDURATION:10\n#EXTINF:10,\nhttp://127.0.0.1:9/a.ts\n#EXT-X-ENDLIST\n"
+        ),
+        "cannot decode",
+    ),
     "sdp session": (
         dict(
             audio_bytes=b"v=0\no=- 0 0 IN IP4 127.0.0.1\ns=x\nc=IN IP4 127.0.0.1\nt=0 0\nm=audio 5004 RTP/AVP 0\n"
