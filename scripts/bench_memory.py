@@ -46,12 +46,7 @@ class _Sampler(threading.Thread):
 
     def run(self):
         while self.running:
-            for process in _processes(self.pid):
-                try:
-                    rss = process.memory_info().rss
-                except Exception:  # noqa: BLE001 - a process that just ended
-                    continue
-                name = _name(process)
+            for name, rss in _resident(self.pid).items():  # both instances of a model together
                 self.peak[name] = max(self.peak.get(name, 0), rss)
             time.sleep(0.05)
 
@@ -59,7 +54,11 @@ class _Sampler(threading.Thread):
 def _resident(pid: int) -> dict[str, int]:
     sizes: dict[str, int] = {}
     for process in _processes(pid):
-        sizes[_name(process)] = sizes.get(_name(process), 0) + process.memory_info().rss
+        try:
+            rss = process.memory_info().rss
+        except Exception:  # noqa: BLE001 - a process that just ended
+            continue
+        sizes[_name(process)] = sizes.get(_name(process), 0) + rss
     return sizes
 
 

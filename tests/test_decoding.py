@@ -213,3 +213,52 @@ def test_beam_search_agrees_with_faster_whisper(corpus_audio, tiny_en):
     agreement = sum(a == b for a, b in zip(ours, theirs, strict=True)) / len(theirs)
     print(f"beam 5 agreement with faster-whisper: {agreement:.1%}")
     assert agreement >= 0.95, [(a, b) for a, b in zip(ours, theirs, strict=True) if a != b]
+
+
+def test_generation_filters_equal_transformers_logits_processors():
+    """top_k, top_p, repetition_penalty and no_repeat_ngram_size do what transformers' processors do."""
+    import torch
+    from transformers.generation.logits_process import (
+        NoRepeatNGramLogitsProcessor,
+        RepetitionPenaltyLogitsProcessor,
+        TopKLogitsWarper,
+        TopPLogitsWarper,
+    )
+
+    from whisper_triton.decoding import _top_k_top_p
+
+    rng = np.random.default_rng(0)
+    logits = rng.normal(0, 3, (4, 300)).astype(np.float32)
+    tokens = rng.integers(0, 300, (4, 12))
+    tokens[:, -3:] = tokens[:, 2:5]  # a repeated trigram prefix, for the n-gram rule
+
+    def theirs(processor, scores):
+        return processor(torch.from_numpy(tokens), torch.from_numpy(scores.copy())).numpy()
+
+    for k, p in ((5, None), (None, 0.8), (20, 0.5)):
+        options = DecodingOptions(temperature=0.7, top_k=k, top_p=p)
+        expected = logits.copy()
+        if k:
+            expected = theirs(TopKLogitsWarper(k), expected)
+        if p:
+            expected = theirs(TopPLogitsWarper(p), expected)
+        ours = _top_k_top_p(logits.copy(), options)
+        np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(expected))
+        np.testing.assert_allclose(ours[np.isfinite(ours)], expected[np.isfinite(expected)])
+
+    manifest_stub = type("M", (), {"suppress_tokens": (), "begin_suppress_tokens": (), "tokens": None})()
+    for options, processor in (
+        (DecodingOptions(repetition_penalty=1.3), RepetitionPenaltyLogitsProcessor(1.3)),
+        (DecodingOptions(no_repeat_ngram_size=3), NoRepeatNGramLogitsProcessor(3)),
+    ):
+        rules = LogitRules(manifest_stub, dataclasses_replace(options, timestamps=False), sample_begin=0)
+        ours = rules.apply(logits.copy(), tokens)
+        expected = theirs(processor, logits)
+        np.testing.assert_allclose(ours, expected, rtol=1e-6)
+    assert not np.isfinite(rules.apply(logits.copy(), tokens)).all()  # the trigram rule banned something
+
+
+def dataclasses_replace(options, **changes):
+    import dataclasses
+
+    return dataclasses.replace(options, **changes)

@@ -328,3 +328,16 @@ def test_perf_analyzer_measures_the_live_server(server, grpc_client, corpus_entr
     )
     assert cli.returncode == 0, cli.stderr
     assert re.search(r"^\|\s+1 \|\s+\d+\.\d+ \|", cli.stdout, re.MULTILINE), cli.stdout
+
+
+def test_generation_options_of_the_api_document_are_honoured(grpc_client, corpus_audio):
+    """transformers' generate() spellings and sampling options, through the server."""
+    audio = corpus_audio[4]
+    sampled = {"temperature": 0.7, "top_k": 20, "top_p": 0.9, "seed": 3}
+    assert infer(grpc_client, audio, sampled) == infer(grpc_client, audio, sampled)  # seeded: reproducible
+    assert infer(grpc_client, audio, {"num_beams": 3}) == infer(grpc_client, audio, {"beam_size": 3})
+    full, _ = infer(grpc_client, audio)
+    short, _ = infer(grpc_client, audio, {"max_length": 5})  # the 2-token prompt and 3 generated tokens
+    assert short and len(short.split()) <= 3 < len(full.split())
+    for options in ({"repetition_penalty": 1.2}, {"no_repeat_ngram_size": 3}):
+        assert infer(grpc_client, audio, options)[0]

@@ -19,7 +19,7 @@ import triton_python_backend_utils as pb_utils
 import whisper_triton
 from whisper_triton import contract
 from whisper_triton.manifest import TOKENIZER_FILE, ModelManifest
-from whisper_triton.native import release_free_memory
+from whisper_triton.native import release_free_memory, return_large_blocks_at_once
 from whisper_triton.onnx_runtime import OnnxDecoderBackend
 from whisper_triton.options import DecodingOptions, OptionsError
 from whisper_triton.serving import RequestError, check_decoder_inputs, response_json
@@ -32,6 +32,7 @@ class TritonPythonModel:
     def initialize(self, args):
         # Which code this model runs: the copy bundled next to model.py (tests/test_deployment.py reads it).
         pb_utils.Logger.log_info(f"{args['model_name']}: whisper_triton from {whisper_triton.__path__[0]}")
+        return_large_blocks_at_once()
         parameters = {k: v["string_value"] for k, v in json.loads(args["model_config"])["parameters"].items()}
         directory = pathlib.Path(__file__).parent
         self.manifest = ModelManifest.load(directory)

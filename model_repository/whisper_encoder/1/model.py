@@ -15,6 +15,7 @@ import triton_python_backend_utils as pb_utils
 
 import whisper_triton
 from whisper_triton import contract
+from whisper_triton.native import return_large_blocks_at_once
 from whisper_triton.onnx_runtime import OnnxEncoder
 from whisper_triton.serving import RequestError, check_encoder_input
 
@@ -23,6 +24,7 @@ class TritonPythonModel:
     def initialize(self, args):
         # Which code this model runs: the copy bundled next to model.py (tests/test_deployment.py reads it).
         pb_utils.Logger.log_info(f"{args['model_name']}: whisper_triton from {whisper_triton.__path__[0]}")
+        return_large_blocks_at_once()
         parameters = {k: v["string_value"] for k, v in json.loads(args["model_config"])["parameters"].items()}
         self.encoder = OnnxEncoder(pathlib.Path(__file__).parent, threads=int(parameters["threads"]))
         self.shape = (int(parameters["n_mels"]), int(parameters["n_frames"]))

@@ -16,6 +16,7 @@ import triton_python_backend_utils as pb_utils
 import whisper_triton
 from whisper_triton import contract
 from whisper_triton.manifest import TOKENIZER_FILE, ModelManifest
+from whisper_triton.native import return_large_blocks_at_once
 from whisper_triton.serving import Limits, RequestError, prepare
 from whisper_triton.tokenizer import TextTokenizer
 from whisper_triton.vad import MODEL_FILE as VAD_FILE
@@ -26,6 +27,7 @@ class TritonPythonModel:
     def initialize(self, args):
         # Which code this model runs: the copy bundled next to model.py (tests/test_deployment.py reads it).
         pb_utils.Logger.log_info(f"{args['model_name']}: whisper_triton from {whisper_triton.__path__[0]}")
+        return_large_blocks_at_once()
         parameters = json.loads(args["model_config"])["parameters"]
         directory = pathlib.Path(__file__).parent
         self.limits = Limits(
