@@ -74,14 +74,19 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=600.0)
     parser.add_argument("--beams", type=int, nargs="*", default=[1, 5, 16])
-    parser.add_argument("--model-repository", type=Path, help="a built repository (default: build tiny.en fp32)")
+    parser.add_argument(
+        "--model-repository", type=Path, help="a built repository (default: build tiny.en fp32)"
+    )
     parser.add_argument("--output", type=Path, default=REPO / "artifacts" / "memory.json")
     args = parser.parse_args(argv)
 
     entries = read_manifest(synthesize_corpus(cache_dir("long-form-corpus"), num_utterances=180, seed=77))
     audio, _ = concatenate_utterances(entries, gap_seconds=0.6, max_seconds=args.seconds)
     repository = args.model_repository or cache_dir("bench-repository-fp32")
-    if args.model_repository is None and not (repository / "whisper_decoder" / "1" / "decoder.onnx").is_file():
+    if (
+        args.model_repository is None
+        and not (repository / "whisper_decoder" / "1" / "decoder.onnx").is_file()
+    ):
         build_model_repository("tiny.en", repository)
     rows = []
     with TritonServer(repository, log_path=cache_dir("memory-server.log")) as server:
