@@ -14,7 +14,7 @@ APT_LIBRARIES := libb64-0d libpython$(PYTHON_VERSION)
 LOCK := requirements/dev.lock
 MODEL_REPOSITORY ?= model_repository
 
-.PHONY: help setup system-deps lock test soak lint demo build-repo bench bench-features perf serve clean
+.PHONY: help setup system-deps lock test soak lint demo build-repo bench bench-streaming bench-features perf serve clean
 
 help:
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -66,6 +66,9 @@ build-repo: ## whisper-triton build with the defaults (tiny.en, python runtime, 
 
 bench: ## this server (fp32/int8, concurrency 1/2/4) vs faster-whisper vs transformers: table + JSON
 	$(PY) scripts/bench_serving.py
+
+bench-streaming: ## streaming: final WER vs offline, commit latency, concurrent real-time streams (int8): tables + JSON
+	$(PY) scripts/bench_streaming.py
 
 perf: ## Triton's perf_analyzer against the whisper ensemble (int8 tiny.en, concurrency 1/2/4): table + JSON
 	$(PY) scripts/perf.py

@@ -58,6 +58,24 @@ def main(argv=None) -> int:
     parser.add_argument(
         "--threads", type=int, default=ServingSettings.threads, help="ONNX Runtime threads per session"
     )
+    parser.add_argument(
+        "--max-streams",
+        type=int,
+        default=ServingSettings.max_streams,
+        help="live streams of whisper_stream at most (default %(default)s); more are refused",
+    )
+    parser.add_argument(
+        "--stream-idle-seconds",
+        type=float,
+        default=ServingSettings.stream_idle_seconds,
+        help="a stream without a chunk for this long is dropped and its state freed (default %(default)s)",
+    )
+    parser.add_argument(
+        "--stream-trim-seconds",
+        type=float,
+        default=ServingSettings.stream_trim_seconds,
+        help="a stream's buffer is cut at a committed segment once longer than this (default %(default)s)",
+    )
     parser.add_argument("--skip-verify", action="store_true", help="skip the parity check against PyTorch")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -75,6 +93,9 @@ def main(argv=None) -> int:
             max_audio_bytes=args.max_audio_bytes,
             decoder_memory_mb=args.decoder_memory_mb,
             threads=args.threads,
+            max_streams=args.max_streams,
+            stream_idle_seconds=args.stream_idle_seconds,
+            stream_trim_seconds=args.stream_trim_seconds,
         )
         result = build_model_repository(
             args.model, args.output, args.precision, settings, verify=not args.skip_verify

@@ -3,7 +3,8 @@
 Layout written to ``output``:
     requirements.txt                 the third-party packages the models import (the `serve` extra)
     whisper/config.pbtxt             the ensemble clients call
-    whisper_features/{config.pbtxt, 1/model.py}
+    whisper_features/{config.pbtxt, 1/model.py, manifest.json, tokenizer.json, silero_vad.onnx}
+    whisper_stream/{config.pbtxt, 1/model.py, manifest.json, tokenizer.json, silero_vad.onnx}
     whisper_encoder/{config.pbtxt, 1/model.py + encoder.onnx | 1/model.onnx | 1/model.plan}
     whisper_decoder/{config.pbtxt, 1/model.py, cross_kv.onnx + decoder.onnx | cross_kv.plan + decoder.plan,
                      manifest.json, tokenizer.json}
@@ -138,11 +139,14 @@ def _lay_out(onnx_dir: Path, output: Path, manifest, settings: ServingSettings) 
     (output / contract.ENSEMBLE_MODEL / "1").mkdir(exist_ok=True)  # Triton needs a version, even an empty one
     copy_model_code(contract.FEATURES_MODEL, output)
     copy_model_code(contract.DECODER_MODEL, output)
-    # The feature model validates options against the model and finds speech before any decoding.
-    features_version = output / contract.FEATURES_MODEL / "1"
-    for name in ("manifest.json", TOKENIZER_FILE):
-        shutil.copy2(onnx_dir / name, features_version / name)
-    shutil.copy2(vad_model_path(), features_version / VAD_FILE)
+    copy_model_code(contract.STREAM_MODEL, output)
+    # The feature and streaming models validate options against the model and find speech before any
+    # decoding.
+    for model in (contract.FEATURES_MODEL, contract.STREAM_MODEL):
+        version = output / model / "1"
+        for name in ("manifest.json", TOKENIZER_FILE):
+            shutil.copy2(onnx_dir / name, version / name)
+        shutil.copy2(vad_model_path(), version / VAD_FILE)
     decoder_version = output / contract.DECODER_MODEL / "1"
     graphs = (onnx_export.CROSS_KV_FILE, onnx_export.DECODER_FILE)
     engines = (CROSS_KV_ENGINE, DECODER_ENGINE)

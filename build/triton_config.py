@@ -21,6 +21,10 @@ from whisper_triton.windows import TARGET_SECONDS
 
 RUNTIMES = ("python", "onnxruntime", "tensorrt")
 ENCODER_MAX_WINDOWS = 20  # windows per encoder call: the TensorRT profile's maximum (build/tensorrt.py)
+# Triton keeps this many times max_streams sequences as candidates of the streaming model. Past the
+# candidates, Triton parks new sequences in a backlog that the model never sees (they would hang without an
+# answer), so the cap must be enforced by the model, with room above it for the streams it refuses.
+STREAM_CANDIDATES_PER_STREAM = 4
 
 
 @dataclass(frozen=True)
@@ -34,12 +38,21 @@ class ServingSettings:
     feature_instances: int = 2  # feature extraction is per request: parallel instances keep up
     decoder_instances: int = 2  # a long request decodes in one; the others keep serving (bench_fairness.py)
     threads: int = 2  # intra-op threads of each ONNX Runtime session (this machine has 2 cores)
+    max_streams: int = 8  # live streams of whisper_stream at most; a new one past it is refused
+    stream_idle_seconds: float = 30.0  # a stream without a chunk for this long is dropped, its state freed
+    stream_trim_seconds: float = 10.0  # a stream's buffer is cut at a committed segment end past this length
 
     def __post_init__(self):
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
         if self.max_batch_size < 1:
             raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
+        if self.max_streams < 1:
+            raise ValueError(f"max_streams must be >= 1, got {self.max_streams}")
+        if not self.stream_idle_seconds > 0:
+            raise ValueError(f"stream_idle_seconds must be above 0, got {self.stream_idle_seconds}")
+        if not 0 <= self.stream_trim_seconds <= 30:
+            raise ValueError(f"stream_trim_seconds must be in [0, 30], got {self.stream_trim_seconds}")
 
 
 def _tensor(message_type, spec: TensorSpec):
@@ -144,6 +157,7 @@ def model_configs(manifest: ModelManifest, settings: ServingSettings) -> dict[st
         contract.ENCODER_MODEL: encoder,
         contract.DECODER_MODEL: decoder,
         contract.ENSEMBLE_MODEL: _ensemble(settings),
+        contract.STREAM_MODEL: _stream(settings, encoder_names),
     }
 
 
@@ -151,6 +165,39 @@ def max_windows(max_audio_seconds: float) -> int:
     """Windows one request can have: pieces merge up to TARGET_SECONDS, so two consecutive windows span
     more than that (only a short piece that did not fit starts a new one) and the last may be short."""
     return 2 * math.ceil(max_audio_seconds / TARGET_SECONDS) + 1
+
+
+def _stream(settings: ServingSettings, encoder_names: tuple[str, str]) -> mc.ModelConfig:
+    """``whisper_stream`` under Triton's sequence batcher, Oldest strategy: chunks of different streams
+    are batched into one execution (so their encoder and decoder calls batch too), while the chunks of one
+    stream reach the model in order. Not decoupled: each chunk gets exactly one response, which gRPC
+    streaming and plain HTTP/gRPC requests both carry."""
+    config = mc.ModelConfig(
+        name=contract.STREAM_MODEL, backend="python", max_batch_size=settings.max_batch_size
+    )
+    config.input.extend(_tensor(mc.ModelInput, spec) for spec in contract.stream_inputs())
+    config.input[0].allow_ragged_batch = True  # chunks of any length batch together (the last is shorter)
+    config.output.extend(_tensor(mc.ModelOutput, spec) for spec in contract.stream_outputs())
+    config.instance_group.append(mc.ModelInstanceGroup(kind=mc.ModelInstanceGroup.KIND_CPU, count=1))
+    batching = config.sequence_batching
+    # Triton frees a sequence after this much time without a queued request; the model reads the same
+    # value from its config and frees its own state of the stream then too.
+    batching.max_sequence_idle_microseconds = round(settings.stream_idle_seconds * 1e6)
+    for name, kind in contract.stream_controls():
+        control = batching.control_input.add(name=name).control.add()
+        control.kind = mc.ModelSequenceBatching.Control.Kind.Value(kind)
+        control.int32_false_true.extend([0, 1])
+    batching.oldest.max_candidate_sequences = settings.max_streams * STREAM_CANDIDATES_PER_STREAM
+    batching.oldest.max_queue_delay_microseconds = settings.max_queue_delay_us
+    parameters = {
+        "max_streams": str(settings.max_streams),
+        "trim_seconds": str(settings.stream_trim_seconds),
+        "encoder_input": encoder_names[0],
+        "encoder_output": encoder_names[1],
+    }
+    for key, value in parameters.items():
+        config.parameters[key].string_value = value
+    return config
 
 
 def max_decoder_rows(manifest: ModelManifest, memory_mb: int) -> int:

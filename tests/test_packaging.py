@@ -30,6 +30,9 @@ PARTS = {
 # the README installs them (`--runtime tensorrt`), and whisper_triton.tensorrt_runtime imports them lazily.
 PROVIDED = {"triton_python_backend_utils", "tensorrt"}
 PROVIDED_BY_MODULE = {"whisper_triton.tensorrt_runtime": {"torch"}}
+# Imported by one module for an optional feature, from an extra of its own: the module says how to get it
+# when it is missing (whisper-triton stream --mic).
+OPTIONAL_EXTRAS = {"whisper_triton.client.microphone": ("mic", {"sounddevice"})}
 FIRST_PARTY = {"whisper_triton", "training", "_whisper_triton_paths", "tests"}
 
 
@@ -75,6 +78,8 @@ def _third_party(start: list[str], files: dict[str, Path]) -> dict[str, set[str]
                 todo.append(name)
             elif top in FIRST_PARTY or top in sys.stdlib_module_names or top in PROVIDED:
                 continue
+            elif top in OPTIONAL_EXTRAS.get(module, ("", set()))[1]:
+                continue  # checked against its own extra by test_optional_imports_are_declared_by_their_extra
             elif top not in PROVIDED_BY_MODULE.get(module, set()):
                 found.setdefault(top, set()).add(module)
     return found
@@ -130,6 +135,17 @@ def test_every_import_of_a_part_is_declared_by_its_extras(part):
     assert not undeclared, f"{part}: imported but not declared by {extras}: {undeclared}"
 
 
+def test_optional_imports_are_declared_by_their_extra():
+    files = _module_files()
+    providers = importlib.metadata.packages_distributions()
+    for module, (extra, imports) in OPTIONAL_EXTRAS.items():
+        tops = {name.split(".")[0] for name in _imports(files[module])}
+        assert imports <= tops, f"{module} no longer imports {imports - tops}: update OPTIONAL_EXTRAS"
+        for top in imports:
+            distributions = {_normalise(d) for d in providers.get(top, [top])}
+            assert distributions & _declared([extra]), f"{top} ({module}) is not in the {extra} extra"
+
+
 def test_the_server_side_needs_only_the_serve_extra():
     """The serve part must not reach torch, transformers or tritonclient: a Triton image needs only
     requirements.txt (the build writes it from the serve extra)."""
@@ -148,7 +164,7 @@ def test_wheel_is_reproducible_and_carries_the_model_sources(project_wheel, tmp_
     assert first == second
     top_levels = {name.split("/")[0] for name in first if ".dist-info/" not in name}
     assert top_levels == {"whisper_triton", "training"}
-    for model in ("whisper_features", "whisper_encoder", "whisper_decoder"):
+    for model in ("whisper_features", "whisper_encoder", "whisper_decoder", "whisper_stream"):
         assert f"whisper_triton/model_repository/{model}/1/model.py" in first
     assert "whisper_triton/model_repository/_whisper_triton_paths.py" in first
     assert "whisper_triton/build/repository.py" in first and "whisper_triton/client/api.py" in first
@@ -178,7 +194,7 @@ def test_pypa_build_coexists_with_ours(tmp_path):
 def test_console_script_lists_its_commands_and_refuses_unknown_ones():
     listing = subprocess.run([BIN / "whisper-triton", "--help"], capture_output=True, text=True)
     assert listing.returncode == 0
-    for command in ("build", "serve", "transcribe", "perf"):
+    for command in ("build", "serve", "transcribe", "stream", "eval", "perf"):
         assert re.search(rf"^  {command} ", listing.stdout, re.MULTILINE), listing.stdout
     unknown = subprocess.run([BIN / "whisper-triton", "frobnicate"], capture_output=True, text=True)
     assert unknown.returncode == 2 and "unknown command 'frobnicate'" in unknown.stderr

@@ -280,6 +280,20 @@ def test_generated_configs_match_the_contract(server):
     assert {t.name for t in decoder.output} == {contract.TEXT, contract.SEGMENTS}
     steps = [step.model_name for step in ensemble.ensemble_scheduling.step]
     assert steps == [contract.FEATURES_MODEL, contract.ENCODER_MODEL, contract.DECODER_MODEL]
+    stream = parse_config(REPOSITORY / contract.STREAM_MODEL / "config.pbtxt")
+    assert names(stream.input) == {(s.name, s.dims) for s in contract.stream_inputs()}
+    assert names(stream.output) == {(s.name, s.dims) for s in contract.stream_outputs()}
+    assert [t.optional for t in stream.input] == [s.optional for s in contract.stream_inputs()]
+    batching = stream.sequence_batching
+    assert (
+        stream.max_batch_size > 0 and batching.HasField("oldest") and not stream.HasField("dynamic_batching")
+    )
+    controls = {(c.name, c.control[0].kind) for c in batching.control_input}
+    kinds = type(batching).Control.Kind
+    assert controls == {(name, kinds.Value(kind)) for name, kind in contract.stream_controls()}
+    # Room above the cap: the model refuses streams past it, Triton must not park them in its backlog.
+    assert batching.oldest.max_candidate_sequences > int(stream.parameters["max_streams"].string_value)
+    assert stream.parameters["encoder_input"].string_value == contract.INPUT_FEATURES
     # The running server loaded the same configs.
     import tritonclient.grpc as grpcclient
 

@@ -1,7 +1,7 @@
 """``whisper-triton``: the one command-line entry point (``python -m whisper_triton`` is the same).
 
 Each subcommand lives with the part it belongs to and is imported only when used, so the client-only
-install (``pip install 'whisper-triton[client]'``) runs ``transcribe`` without torch, ONNX or Triton's
+install (``pip install 'whisper-triton[client]'``) runs ``transcribe``, ``stream`` and ``eval`` without torch, ONNX or Triton's
 server, and ``whisper-triton --help`` starts instantly. Training keeps its own ``python -m training``.
 """
 
@@ -20,7 +20,13 @@ COMMANDS: dict[str, tuple[str, bool, str]] = {
     ),
     "serve": ("whisper_triton.build.server", False, "run the local CPU tritonserver for a model repository"),
     "runtime": ("whisper_triton.build.triton_runtime", False, "prepare the local CPU Triton runtime"),
-    "transcribe": ("whisper_triton.client.cli", True, "transcribe audio files through a running server"),
+    "transcribe": (
+        "whisper_triton.client.cli",
+        True,
+        "transcribe audio files and folders through a running server (resumable)",
+    ),
+    "stream": ("whisper_triton.client.cli", True, "live transcription of a file or the microphone (gRPC)"),
+    "eval": ("whisper_triton.client.cli", True, "WER/CER/RTF of a running server on a data set"),
     "perf": ("whisper_triton.client.perf_analyzer", False, "Triton's perf_analyzer against a running server"),
     "probe": (
         "whisper_triton.client.probe",

@@ -11,6 +11,17 @@ Clients call one model, ``whisper`` (an ensemble):
   ->
     TEXT         BYTES  [1, 1]  the transcript
     SEGMENTS     BYTES  [1, 1]  JSON list of {"start": s, "end": s, "text": str}
+
+Streaming clients call ``whisper_stream`` (Triton's sequence batcher: one sequence id per stream, the
+first chunk flagged START, the last END), one request per chunk and one response per request:
+    AUDIO        FP32   [1, -1]  the next chunk of 16 kHz mono PCM (may be empty, e.g. with END)
+    OPTIONS      BYTES  [1, 1]   optional, first chunk only: decoding options (JSON, as above)
+  ->
+    COMMITTED    BYTES  [1, 1]   words committed by this chunk (final: never changed or taken back)
+    TENTATIVE    BYTES  [1, 1]   the current guess after the committed words (replaced by every response)
+    SEGMENTS     BYTES  [1, 1]   JSON list of {"start", "end", "text", "committed"}: this response's newly
+                                 committed pieces, then its tentative pieces, in seconds of stream time
+    TEXT         BYTES  [1, 1]   the whole committed transcript, on the END chunk's response only
 """
 
 from __future__ import annotations
@@ -21,7 +32,8 @@ ENSEMBLE_MODEL = "whisper"
 FEATURES_MODEL = "whisper_features"
 ENCODER_MODEL = "whisper_encoder"
 DECODER_MODEL = "whisper_decoder"
-ALL_MODELS = (ENSEMBLE_MODEL, FEATURES_MODEL, ENCODER_MODEL, DECODER_MODEL)
+STREAM_MODEL = "whisper_stream"
+ALL_MODELS = (ENSEMBLE_MODEL, FEATURES_MODEL, ENCODER_MODEL, DECODER_MODEL, STREAM_MODEL)
 
 AUDIO = "AUDIO"
 AUDIO_BYTES = "AUDIO_BYTES"
@@ -33,6 +45,15 @@ WINDOWS = "WINDOWS"  # [1, windows, 3] start, end and last speech (seconds) of e
 ENCODER_OUTPUT = "ENCODER_OUTPUT"  # [1, windows, 1500, d_model]
 DECODE_OPTIONS = "DECODE_OPTIONS"  # the validated options, as canonical JSON, passed on to decoding
 WINDOW_COLUMNS = 3  # start, end, end of the last speech
+COMMITTED = "COMMITTED"  # streaming: words committed by this chunk
+TENTATIVE = "TENTATIVE"  # streaming: the uncommitted tail of the current hypothesis
+# Triton's sequence-batcher controls of the streaming model: the server sets them from the request's
+# sequence flags (clients never send them as tensors).
+SEQUENCE_START = "START"
+SEQUENCE_END = "END"
+SEQUENCE_READY = "READY"
+MAX_STREAM_CHUNK_SECONDS = 15.0  # longest chunk whisper_stream takes: half a window, so a buffer that
+# must make room for it keeps at least 15 s of context
 
 
 @dataclass(frozen=True)
@@ -88,3 +109,24 @@ def decoder_inputs(n_positions: int, d_model: int, n_mels: int, n_frames: int) -
 
 def decoder_outputs() -> tuple[TensorSpec, ...]:
     return (TensorSpec(TEXT, "TYPE_STRING", (1,)), TensorSpec(SEGMENTS, "TYPE_STRING", (1,)))
+
+
+# The streaming model batches chunks of different streams (max_batch_size > 0): dims are per chunk.
+def stream_inputs() -> tuple[TensorSpec, ...]:
+    return (
+        TensorSpec(AUDIO, "TYPE_FP32", (-1,)),
+        TensorSpec(OPTIONS, "TYPE_STRING", (1,), optional=True),
+    )
+
+
+def stream_outputs() -> tuple[TensorSpec, ...]:
+    return tuple(TensorSpec(name, "TYPE_STRING", (1,)) for name in (COMMITTED, TENTATIVE, SEGMENTS, TEXT))
+
+
+def stream_controls() -> tuple[tuple[str, str], ...]:
+    """(control input name, Triton control kind) of the streaming model's sequence batcher."""
+    return (
+        (SEQUENCE_START, "CONTROL_SEQUENCE_START"),
+        (SEQUENCE_END, "CONTROL_SEQUENCE_END"),
+        (SEQUENCE_READY, "CONTROL_SEQUENCE_READY"),
+    )

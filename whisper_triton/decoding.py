@@ -215,6 +215,19 @@ class _Run:
     rules: LogitRules
 
 
+def _token_limit(options: DecodingOptions, prompt_length: int, sot_index: int, n_text_ctx: int) -> int:
+    """The length at which a row stops: ``max_new_tokens`` generated, and transformers' ``max_length``.
+
+    ``max_length`` counts from <|startoftranscript|> as transformers' ``generate`` does (its
+    ``decoder_input_ids`` begin there; a text prompt before it does not count); at least one token is
+    always generated so that every window gets an answer.
+    """
+    limit = min(prompt_length + options.max_new_tokens, n_text_ctx)
+    if options.max_length is not None:
+        limit = min(limit, max(sot_index + options.max_length, prompt_length + 1))
+    return limit
+
+
 def decode(
     backend: DecoderBackend,
     encoder_output: np.ndarray,
@@ -267,7 +280,7 @@ def decode(
         options,
         prompts,
         built[0][1],
-        min(length + options.max_new_tokens, manifest.n_text_ctx),
+        _token_limit(options, length, built[0][1], manifest.n_text_ctx),
         LogitRules(manifest, options, length),
     )
     cross = backend.cross_attention(encoder_output)
