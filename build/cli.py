@@ -10,6 +10,28 @@ import time
 from whisper_triton.build.optimize import PRECISIONS
 from whisper_triton.build.triton_config import RUNTIMES, ServingSettings
 
+# ServingSettings fields the command sets, one option each (--max-batch-size for max_batch_size, ...).
+_SETTINGS = (
+    ("max_batch_size", int, "requests the dynamic batchers group into one execution"),
+    ("max_audio_seconds", float, "longer requests are rejected"),
+    ("max_audio_bytes", int, "larger AUDIO_BYTES uploads are rejected before they are parsed"),
+    (
+        "decoder_memory_mb",
+        int,
+        "memory for one decoder batch (cache and logits); bigger requests decode in several batches",
+    ),
+    (
+        "decoder_instances",
+        int,
+        "instances of the decoding model: a long request decodes in one while the others keep serving",
+    ),
+    ("feature_instances", int, "instances of the feature model (audio decoding, VAD, log-mel)"),
+    ("threads", int, "ONNX Runtime threads per session"),
+    ("max_streams", int, "live streams of whisper_stream at most; more are refused"),
+    ("stream_idle_seconds", float, "a stream without a chunk for this long is dropped and its state freed"),
+    ("stream_trim_seconds", float, "a stream's buffer is cut at a committed segment once longer than this"),
+)
+
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
@@ -31,51 +53,13 @@ def main(argv=None) -> int:
         "onnxruntime (Triton's onnxruntime backend) or tensorrt (FP16 engine; needs a GPU)",
     )
     parser.add_argument("--precision", choices=PRECISIONS, default="fp32", help="weights: fp32, fp16 or int8")
-    parser.add_argument(
-        "--max-batch-size",
-        type=int,
-        default=ServingSettings.max_batch_size,
-        help="requests the dynamic batchers group into one execution",
-    )
-    parser.add_argument(
-        "--max-audio-seconds",
-        type=float,
-        default=ServingSettings.max_audio_seconds,
-        help="longer requests are rejected",
-    )
-    parser.add_argument(
-        "--max-audio-bytes",
-        type=int,
-        default=ServingSettings.max_audio_bytes,
-        help="larger AUDIO_BYTES uploads are rejected before they are parsed",
-    )
-    parser.add_argument(
-        "--decoder-memory-mb",
-        type=int,
-        default=ServingSettings.decoder_memory_mb,
-        help="memory for one decoder batch (cache and logits); bigger requests decode in several batches",
-    )
-    parser.add_argument(
-        "--threads", type=int, default=ServingSettings.threads, help="ONNX Runtime threads per session"
-    )
-    parser.add_argument(
-        "--max-streams",
-        type=int,
-        default=ServingSettings.max_streams,
-        help="live streams of whisper_stream at most (default %(default)s); more are refused",
-    )
-    parser.add_argument(
-        "--stream-idle-seconds",
-        type=float,
-        default=ServingSettings.stream_idle_seconds,
-        help="a stream without a chunk for this long is dropped and its state freed (default %(default)s)",
-    )
-    parser.add_argument(
-        "--stream-trim-seconds",
-        type=float,
-        default=ServingSettings.stream_trim_seconds,
-        help="a stream's buffer is cut at a committed segment once longer than this (default %(default)s)",
-    )
+    for field, kind, summary in _SETTINGS:
+        parser.add_argument(
+            "--" + field.replace("_", "-"),
+            type=kind,
+            default=getattr(ServingSettings, field),
+            help=f"{summary} (default %(default)s)",
+        )
     parser.add_argument("--skip-verify", action="store_true", help="skip the parity check against PyTorch")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -87,15 +71,7 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     try:
         settings = ServingSettings(
-            runtime=args.runtime,
-            max_batch_size=args.max_batch_size,
-            max_audio_seconds=args.max_audio_seconds,
-            max_audio_bytes=args.max_audio_bytes,
-            decoder_memory_mb=args.decoder_memory_mb,
-            threads=args.threads,
-            max_streams=args.max_streams,
-            stream_idle_seconds=args.stream_idle_seconds,
-            stream_trim_seconds=args.stream_trim_seconds,
+            runtime=args.runtime, **{field: getattr(args, field) for field, _, _ in _SETTINGS}
         )
         result = build_model_repository(
             args.model, args.output, args.precision, settings, verify=not args.skip_verify

@@ -45,10 +45,21 @@ class ServingSettings:
     def __post_init__(self):
         if self.runtime not in RUNTIMES:
             raise ValueError(f"runtime must be one of {RUNTIMES}, got {self.runtime!r}")
-        if self.max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be >= 1, got {self.max_batch_size}")
-        if self.max_streams < 1:
-            raise ValueError(f"max_streams must be >= 1, got {self.max_streams}")
+        for name in (
+            "max_batch_size",
+            "max_audio_bytes",
+            "decoder_memory_mb",
+            "feature_instances",
+            "decoder_instances",
+            "threads",
+            "max_streams",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_queue_delay_us < 0:
+            raise ValueError(f"max_queue_delay_us must be >= 0, got {self.max_queue_delay_us}")
+        if not self.max_audio_seconds > 0:
+            raise ValueError(f"max_audio_seconds must be above 0, got {self.max_audio_seconds}")
         if not self.stream_idle_seconds > 0:
             raise ValueError(f"stream_idle_seconds must be above 0, got {self.stream_idle_seconds}")
         if not 0 <= self.stream_trim_seconds <= 30:

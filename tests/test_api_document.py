@@ -719,3 +719,27 @@ def test_readme_training_snippet(workdir, librispeech):
     metrics = namespace["metrics"]
     assert metrics["global_step"] == 1 and metrics["eval_wer"] >= 0
     assert (workdir / "runs" / "tiny" / "model.safetensors").is_file()
+
+
+# ---- the README's in-process transcriber snippet ----
+
+
+def test_readme_in_process_transcriber_snippet(monkeypatch, capsys):
+    """Run as written from the repository root: timed segments of a real recording, in order, whose text
+    is as good as the quality test's bound for it (tiny.en measured 33% WER on this telephone call)."""
+    from whisper_triton.audio import load_audio
+    from whisper_triton.metrics import compute_wer
+
+    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
+    match = re.search(r"```python\n(from training import DecodingOptions.*?)```", readme, re.DOTALL)
+    assert match, "README.md lost its in-process transcriber snippet"
+    monkeypatch.chdir(REPO_ROOT)
+    exec(compile(match.group(1), "README.md", "exec"), {})  # noqa: S102 - our own README's code
+    lines = [line.split(None, 2) for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(lines) >= 2, lines
+    times = [(float(start), float(end)) for start, end, _ in lines]
+    duration = len(load_audio(REPO_ROOT / "tests/data/telephone-conversation.flac")) / 16000
+    assert all(0 <= s <= e <= duration + 0.01 for s, e in times)
+    assert all(a[1] <= b[0] + 0.01 for a, b in zip(times, times[1:], strict=False))  # in order, no overlap
+    truth = (REPO_ROOT / "tests/data/telephone-conversation.txt").read_text(encoding="utf-8")
+    assert compute_wer([" ".join(text for _, _, text in lines)], [truth]) <= 0.45

@@ -123,6 +123,8 @@ def test_configs_for_the_official_container_runtimes(tiny_en, runtime):
     [
         (["--model", "/nonexistent"], "unknown model '/nonexistent'"),
         (["--max-batch-size", "0"], "max_batch_size must be >= 1"),
+        (["--decoder-instances", "0"], "decoder_instances must be >= 1"),
+        (["--max-audio-seconds", "-1"], "max_audio_seconds must be above 0"),
         (["--runtime", "tensorrt", "--precision", "int8"], "FP16"),
     ],
 )

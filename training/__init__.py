@@ -16,6 +16,8 @@ _EXPORTS = {
     "ModelConfigError": "training.model_config",
     "convert_ctranslate2_to_transformers": "training.ctranslate2_convert",
     "transcribe_audio": "training.transcribe",
+    "transcriber": "training.transcribe",
+    "DecodingOptions": "whisper_triton.options",
     "augment_audio": "training.augmentation",
     "load_audio": "whisper_triton.audio",
     "preprocess_audio": "whisper_triton.audio",

@@ -43,7 +43,9 @@ class DecodingOptions:
     no_speech_threshold: float | None = 0.6  # <|nospeech|> probability above which (if unlikely) = silence
     timestamps: bool | None = None  # timed segments; None: on for audio over 30 s (better long-form WER)
     max_new_tokens: int = MAX_NEW_TOKENS  # tokens generated per 30-second window at most
-    max_length: int | None = None  # transformers' max_length: <|startoftranscript|> sequence plus generated tokens
+    max_length: int | None = (
+        None  # transformers' max_length: <|startoftranscript|> sequence plus generated tokens
+    )
     initial_prompt: str | None = None  # text that conditions the decoder (spelling, names, style)
     language: str | None = None  # multilingual models: "en", "de", ...; None detects it per window
     task: str = "transcribe"  # multilingual models: "transcribe" or "translate" (to English)

@@ -93,17 +93,22 @@ def request_audio(audio: np.ndarray | None, audio_bytes: np.ndarray | None, limi
         raise RequestError(
             f"the audio lasts {seconds:.1f} s, more than this server's maximum of {limits.max_seconds:g} s"
         )
-    bad = int(np.count_nonzero(~np.isfinite(audio)))
+    check_pcm_samples(audio, "the audio", ", or send the file as AUDIO_BYTES")
+    return audio
+
+
+def check_pcm_samples(samples: np.ndarray, name: str, advice: str = "") -> None:
+    """RequestError unless every sample of non-empty float PCM is finite and within [-1, 1]."""
+    bad = int(np.count_nonzero(~np.isfinite(samples)))
     if bad:
-        raise RequestError(f"the audio has {bad} NaN or infinite samples")
-    peak = float(np.max(np.abs(audio)))
+        raise RequestError(f"{name} has {bad} NaN or infinite samples")
+    peak = float(np.max(np.abs(samples)))
     if peak > MAX_SAMPLE_MAGNITUDE:
         # Int16 sent as float (peak ~32767) decodes to garbage; refuse rather than guess a scale.
         raise RequestError(
             f"AUDIO samples must be in [-1, 1] (float PCM); the largest is {peak:g}. "
-            "Scale integer PCM by its full-scale value (32768 for int16), or send the file as AUDIO_BYTES"
+            f"Scale integer PCM by its full-scale value (32768 for int16){advice}"
         )
-    return audio
 
 
 def prepare(audio, audio_bytes, options, limits: Limits, manifest: ModelManifest, tokenizer, vad=None):

@@ -26,7 +26,7 @@ from whisper_triton import contract
 from whisper_triton.agreement import LocalAgreement, Word, hypothesis_words
 from whisper_triton.constants import N_SAMPLES, SAMPLE_RATE
 from whisper_triton.options import DecodingOptions
-from whisper_triton.serving import MAX_SAMPLE_MAGNITUDE, RequestError
+from whisper_triton.serving import RequestError, check_pcm_samples
 from whisper_triton.vad import FRAME_SECONDS
 
 MAX_CHUNK_SECONDS = contract.MAX_STREAM_CHUNK_SECONDS
@@ -63,16 +63,8 @@ def check_chunk(chunk: np.ndarray) -> np.ndarray:
     seconds = samples.size / SAMPLE_RATE
     if seconds > MAX_CHUNK_SECONDS:
         raise RequestError(f"a chunk lasts {seconds:.1f} s; at most {MAX_CHUNK_SECONDS:g} s per chunk")
-    if samples.size:
-        bad = int(np.count_nonzero(~np.isfinite(samples)))
-        if bad:
-            raise RequestError(f"the chunk has {bad} NaN or infinite samples")
-        peak = float(np.max(np.abs(samples)))
-        if peak > MAX_SAMPLE_MAGNITUDE:
-            raise RequestError(
-                f"AUDIO samples must be in [-1, 1] (float PCM); the largest is {peak:g}. "
-                "Scale integer PCM by its full-scale value (32768 for int16)"
-            )
+    if samples.size:  # an empty chunk is allowed (the END request carries one)
+        check_pcm_samples(samples, "the chunk")
     return samples
 
 
