@@ -76,38 +76,44 @@ def _alive(pid: int) -> bool:
 def stub_processes(server_pid: int) -> dict[int, list[str]]:
     """The Python-backend stub processes of a server (pid -> the shared-memory regions they use)."""
     stubs = {}
+    for pid, parent in _processes():
+        if parent != server_pid:
+            continue
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as handle:
+                arguments = handle.read().decode(errors="replace").split("\0")
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if arguments and arguments[0].endswith(STUB_BINARY):
+            stubs[pid] = [a for a in arguments if a.startswith(SHM_PREFIX)]
+    return stubs
+
+
+def _processes():
+    """(pid, parent pid) of every process still running while /proc is read."""
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as stat:
-                parent = int(stat.read().split(") ")[-1].split()[1])
-            with open(f"/proc/{entry}/cmdline", "rb") as handle:
-                arguments = handle.read().decode(errors="replace").split("\0")
+                yield int(entry), int(stat.read().split(") ")[-1].split()[1])
         except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
             continue
-        if parent == server_pid and arguments and arguments[0].endswith(STUB_BINARY):
-            stubs[int(entry)] = [a for a in arguments if a.startswith(SHM_PREFIX)]
-    return stubs
 
 
 def remove_orphans(stub_binary: Path) -> None:
     """What servers killed outright left behind: their stubs (running this ``stub_binary``, now without
     a parent server) and the shared-memory regions no process maps any more."""
     killed = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
+    for pid, parent in _processes():
         try:
-            with open(f"/proc/{entry}/stat") as stat:
-                parent = int(stat.read().split(") ")[-1].split()[1])
-            executable = os.readlink(f"/proc/{entry}/exe")
-        except (FileNotFoundError, ProcessLookupError, PermissionError, ValueError, OSError):
+            executable = os.readlink(f"/proc/{pid}/exe")
+        except OSError:  # gone, or not ours to read
             continue
         if executable == str(stub_binary.resolve()) and (parent == 1 or not _is_server(parent)):
             try:
-                os.kill(int(entry), signal.SIGKILL)
-                killed.append(int(entry))
+                os.kill(pid, signal.SIGKILL)
+                killed.append(pid)
             except (ProcessLookupError, PermissionError):
                 pass
     deadline = time.monotonic() + 5
