@@ -91,6 +91,7 @@ def test_arguments_round_trip_through_json(tmp_path):
         ({"fp16": True, "bf16": True}, "choose one of fp16 and bf16"),
         ({"save_total_limit": 0}, "save_total_limit must be an integer >= 1"),
         ({"generation_max_length": 500}, "generation_max_length must be at most 448"),
+        ({"generation_max_length": 1}, "generation_max_length must be 0 .no limit. or at least 2"),
         (
             {"early_stopping_patience": 1, "load_best_model_at_end": False},
             "early stopping needs load_best_model",

@@ -155,6 +155,12 @@ class SpeechTrainingArguments:
             raise TrainingArgumentsError(
                 f"report_to {list(self.report_to)} is invalid; give one or more of {list(REPORT_TARGETS)[:-1]} or ['none']"
             )
+        if self.generation_max_length < 0 or self.generation_max_length == 1:
+            # Evaluation decodes at most this many tokens from <|startoftranscript|>: 0 leaves it to the
+            # model, and one token would be the start token alone (checked here, not mid-training).
+            raise TrainingArgumentsError(
+                f"generation_max_length must be 0 (no limit) or at least 2, got {self.generation_max_length}"
+            )
         if self.generation_max_length > MAX_TARGET_POSITIONS:
             raise TrainingArgumentsError(
                 f"generation_max_length must be at most {MAX_TARGET_POSITIONS} (Whisper's decoder positions), "
