@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 CLI := $(VENV)/bin/whisper-triton
 # CPU build of PyTorch (installed from local disk on the project's machines). For a GPU machine:
-#   make setup TORCH_SPEC="torch==2.13.0"  with pip's CUDA wheel index configured, see README.
+#   make setup TORCH_SPEC="torch==2.13.0"  with pip's CUDA wheel index configured, see docs/deployment.md.
 TORCH_SPEC ?= torch==2.13.0
 APT_PACKAGES := espeak-ng ffmpeg sox
 PYTHON_VERSION := $(shell $(PYTHON) -c 'import sys; print("%d.%d" % sys.version_info[:2])')
@@ -48,10 +48,10 @@ system-deps: ## Debian packages for speech synthesis, audio decoding and perf_an
 		else echo "please install: $$missing (e.g. sudo apt-get install $$missing)"; exit 1; fi; \
 	fi
 
-test: ## the whole test suite (CI runs exactly this after make setup)
-	$(PY) -m pytest -q
+test: ## the whole test suite (CI runs exactly this after make setup); ends with its 20 slowest tests
+	$(PY) -m pytest -q --durations=20
 
-soak: ## the bounded load test for 5 minutes instead of 1 (concurrency 8, 10% bad requests, memory growth)
+soak: ## the bounded load test for 5 minutes instead of 15 s (concurrency 8, 10% bad requests, memory growth)
 	WHISPER_TRITON_SOAK_SECONDS=300 $(PY) -m pytest -q -s tests/test_reliability.py -k bounded_load
 
 lint: ## ruff

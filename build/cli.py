@@ -1,4 +1,5 @@
-"""whisper-triton build: a Whisper checkpoint -> a verified Triton model repository."""
+"""``whisper-triton build``: a Whisper checkpoint -> a verified Triton model repository (the command line;
+:mod:`whisper_triton.build.repository` does the work)."""
 
 from __future__ import annotations
 
@@ -33,11 +34,10 @@ _SETTINGS = (
 )
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="whisper-triton build",
-        description="Export a Whisper model to ONNX (optionally INT8 or TensorRT), verify it against PyTorch, "
-        "and write a complete Triton model repository.",
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = (
+        "Export a Whisper model to ONNX (optionally INT8 or TensorRT), verify it against PyTorch, "
+        "and write a complete Triton model repository."
     )
     parser.add_argument(
         "--model", default="tiny.en", help="model name or directory (default tiny.en, bundled)"
@@ -61,7 +61,9 @@ def main(argv=None) -> int:
             help=f"{summary} (default %(default)s)",
         )
     parser.add_argument("--skip-verify", action="store_true", help="skip the parity check against PyTorch")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
     from whisper_triton.build.repository import build_model_repository
@@ -83,7 +85,3 @@ def main(argv=None) -> int:
         return 2
     print(f"{result.repository}: {result.report.summary()} ({time.perf_counter() - started:.0f} s)")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

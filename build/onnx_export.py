@@ -22,12 +22,11 @@ import numpy as np
 import torch
 from torch import nn
 
+from whisper_triton.onnx_runtime import CROSS_KV_FILE, DECODER_FILE, ENCODER_FILE
+
 logger = logging.getLogger(__name__)
 
 OPSET = 17  # LayerNormalization became a standard op in opset 17
-ENCODER_FILE = "encoder.onnx"
-CROSS_KV_FILE = "cross_kv.onnx"
-DECODER_FILE = "decoder.onnx"
 
 
 class EncoderGraph(nn.Module):

@@ -43,7 +43,8 @@ from whisper_triton.build.optimize import (
 )
 from whisper_triton.build.triton_config import ServingSettings, model_configs, write_config
 from whisper_triton.build.verify import VerificationReport, verify_onnx, verify_tensorrt
-from whisper_triton.manifest import TOKENIZER_FILE, manifest_from_model
+from whisper_triton.manifest import MANIFEST_FILE, TOKENIZER_FILE, manifest_from_model
+from whisper_triton.onnx_runtime import CROSS_KV_FILE, DECODER_FILE, ENCODER_FILE
 from whisper_triton.tensorrt_runtime import (
     CROSS_KV_ENGINE,
     DECODER_ENGINE,
@@ -144,21 +145,21 @@ def _lay_out(onnx_dir: Path, output: Path, manifest, settings: ServingSettings) 
     # decoding.
     for model in (contract.FEATURES_MODEL, contract.STREAM_MODEL):
         version = output / model / "1"
-        for name in ("manifest.json", TOKENIZER_FILE):
+        for name in (MANIFEST_FILE, TOKENIZER_FILE):
             shutil.copy2(onnx_dir / name, version / name)
         shutil.copy2(vad_model_path(), version / VAD_FILE)
     decoder_version = output / contract.DECODER_MODEL / "1"
-    graphs = (onnx_export.CROSS_KV_FILE, onnx_export.DECODER_FILE)
+    graphs = (CROSS_KV_FILE, DECODER_FILE)
     engines = (CROSS_KV_ENGINE, DECODER_ENGINE)
     # The decoding model runs the engines when they are there: a rebuild for another runtime removes them.
     for stale in engines if settings.runtime != "tensorrt" else graphs:
         (decoder_version / stale).unlink(missing_ok=True)
-    for name in (*(engines if settings.runtime == "tensorrt" else graphs), "manifest.json", TOKENIZER_FILE):
+    for name in (*(engines if settings.runtime == "tensorrt" else graphs), MANIFEST_FILE, TOKENIZER_FILE):
         shutil.copy2(onnx_dir / name, decoder_version / name)
     encoder_version = output / contract.ENCODER_MODEL / "1"
     encoder_version.mkdir(parents=True, exist_ok=True)
     # A rebuild for another runtime must not leave the previous runtime's encoder behind.
-    for stale in ("model.onnx", "model.plan", onnx_export.ENCODER_FILE):
+    for stale in ("model.onnx", "model.plan", ENCODER_FILE):
         (encoder_version / stale).unlink(missing_ok=True)
     if settings.runtime != "python" and output.resolve() != SOURCE_REPOSITORY.resolve():
         (encoder_version / "model.py").unlink(missing_ok=True)  # a backend model, not a Python one now
@@ -166,8 +167,8 @@ def _lay_out(onnx_dir: Path, output: Path, manifest, settings: ServingSettings) 
         shutil.rmtree(encoder_version / "whisper_triton", ignore_errors=True)
     if settings.runtime == "python":
         copy_model_code(contract.ENCODER_MODEL, output)
-        shutil.copy2(onnx_dir / onnx_export.ENCODER_FILE, encoder_version / onnx_export.ENCODER_FILE)
+        shutil.copy2(onnx_dir / ENCODER_FILE, encoder_version / ENCODER_FILE)
     elif settings.runtime == "onnxruntime":
-        shutil.copy2(onnx_dir / onnx_export.ENCODER_FILE, encoder_version / "model.onnx")
+        shutil.copy2(onnx_dir / ENCODER_FILE, encoder_version / "model.onnx")
     else:
         shutil.copy2(onnx_dir / ENCODER_ENGINE, encoder_version / "model.plan")

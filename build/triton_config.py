@@ -17,6 +17,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from whisper_triton import contract
 from whisper_triton.contract import TensorSpec
 from whisper_triton.manifest import ModelManifest
+from whisper_triton.serving import DEFAULT_LIMITS
 from whisper_triton.windows import TARGET_SECONDS
 
 RUNTIMES = ("python", "onnxruntime", "tensorrt")
@@ -32,8 +33,8 @@ class ServingSettings:
     runtime: str = "python"
     max_batch_size: int = 8  # requests the encoder/decoder batchers group into one execution
     max_queue_delay_us: int = 5000  # how long a request waits for others to batch with (5 ms)
-    max_audio_seconds: float = 600.0  # longer requests are rejected with a clear error
-    max_audio_bytes: int = 128 * 1024 * 1024  # larger AUDIO_BYTES uploads are rejected before parsing
+    max_audio_seconds: float = DEFAULT_LIMITS.max_seconds  # longer requests are rejected with a clear error
+    max_audio_bytes: int = DEFAULT_LIMITS.max_bytes  # larger AUDIO_BYTES uploads are rejected before parsing
     decoder_memory_mb: int = 1024  # self-attention cache and logits of one decoder batch, at most
     feature_instances: int = 2  # feature extraction is per request: parallel instances keep up
     decoder_instances: int = 2  # a long request decodes in one; the others keep serving (bench_fairness.py)

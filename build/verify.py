@@ -55,7 +55,9 @@ def verify_onnx(
     from whisper_triton.onnx_runtime import OnnxDecoderBackend, OnnxEncoder
 
     backend = OnnxDecoderBackend(onnx_dir, manifest)
-    return _verify(model, processor, OnnxEncoder(onnx_dir), backend, onnx_dir, manifest, precision, "ONNX")
+    return _verify(
+        model, processor, _transcriber(OnnxEncoder(onnx_dir), backend, manifest, onnx_dir), precision, "ONNX"
+    )
 
 
 def verify_tensorrt(
@@ -67,25 +69,33 @@ def verify_tensorrt(
     """
     from whisper_triton.tensorrt_runtime import ENCODER_ENGINE, TensorRTDecoderBackend, TensorRTEncoder
 
-    encoder = TensorRTEncoder(engine_dir / ENCODER_ENGINE)
     backend = TensorRTDecoderBackend.from_directory(engine_dir, manifest)
-    return _verify(model, processor, encoder, backend, engine_dir, manifest, precision, "TensorRT")
+    ours = _transcriber(TensorRTEncoder(engine_dir / ENCODER_ENGINE), backend, manifest, engine_dir)
+    return _verify(model, processor, ours, precision, "TensorRT")
 
 
-def _verify(
-    model, processor, encoder, backend, directory: Path, manifest: ModelManifest, precision: str, label: str
-) -> VerificationReport:
+def _transcriber(encoder, backend, manifest: ModelManifest, directory: Path):
+    """The in-process transcriber over an encoder and a decoder backend, with the tokenizer in
+    ``directory``."""
+    from whisper_triton.decoding import Decoder
+    from whisper_triton.tokenizer import TextTokenizer
+    from whisper_triton.transcriber import Transcriber
+
+    decoder = Decoder(backend, manifest, TextTokenizer(directory / TOKENIZER_FILE))
+    return Transcriber(encoder, decoder)
+
+
+def _verify(model, processor, ours, precision: str, label: str) -> VerificationReport:
+    """Transcripts and logits of the transcriber ``ours`` against the PyTorch model's."""
     from training.metrics import compute_wer
     from training.torch_backend import torch_transcriber
     from whisper_triton.audio import load_audio
     from whisper_triton.build.onnx_export import reference_logits
     from whisper_triton.corpus import read_manifest, synthesize_corpus
-    from whisper_triton.tokenizer import TextTokenizer
-    from whisper_triton.transcriber import Transcriber
 
     entries = read_manifest(synthesize_corpus(VERIFY_CORPUS, num_utterances=VERIFY_UTTERANCES, seed=1234))
     audios = [load_audio(entry["audio_filepath"]) for entry in entries]
-    ours = Transcriber(encoder, backend, manifest, TextTokenizer(directory / TOKENIZER_FILE))
+    encoder, backend, manifest = ours.encoder, ours.decoder.backend, ours.manifest
     reference = torch_transcriber(model, processor)
     expected = [t.text for t in reference.transcribe_batch(audios)]
     actual = [t.text for t in ours.transcribe_batch(audios)]

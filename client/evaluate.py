@@ -12,20 +12,30 @@ latency is each request's own time.
 
 from __future__ import annotations
 
+import argparse
 import csv
 import json
+import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
+from whisper_triton import contract
 from whisper_triton.audio import load_audio
 from whisper_triton.client.api import WhisperClient
+from whisper_triton.client.arguments import (
+    add_connection_arguments,
+    add_decoding_arguments,
+    connect,
+    decoding_options,
+    server_ready,
+)
 from whisper_triton.constants import SAMPLE_RATE
 from whisper_triton.metrics import METRICS_FILE, create_evaluation_report, evaluate_model
 from whisper_triton.options import DecodingOptions
-from whisper_triton.utterances import Utterance
+from whisper_triton.utterances import DataError, Utterance, list_utterances
 
 REQUESTS_FILE = "requests.csv"
 REPORT_FILE = "report.md"
@@ -125,3 +135,50 @@ def _serving_section(serving: dict) -> str:
     for failure in serving["failed"]:
         lines.append(f"\n- failed: {failure['id']}: {failure['error']}")
     return "\n".join(lines) + "\n"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``whisper-triton eval``: its options."""
+    parser.description = (
+        "Score a running server on a data set: WER, CER, RTF; writes metrics.json, "
+        "per_utterance.csv, requests.csv, wer_by_length.png and report.md."
+    )
+    parser.add_argument("--data", required=True, help="LibriSpeech-layout folder, or a JSONL/CSV manifest")
+    parser.add_argument("--output", type=Path, default=Path("eval-results"), help="default ./eval-results")
+    parser.add_argument("--limit", type=int, help="the first N utterances only")
+    parser.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    add_connection_arguments(parser)
+    add_decoding_arguments(parser, timestamps=False)
+
+
+def run(args: argparse.Namespace) -> int:
+    """``whisper-triton eval``: score the server, write the report, print the headline numbers."""
+    options = decoding_options(args)
+    try:
+        utterances = list_utterances(args.data)
+    except DataError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    utterances = utterances[: args.limit] if args.limit else utterances
+    client = connect(args)
+    if not server_ready(client, contract.ENSEMBLE_MODEL):
+        return 2
+    title = f"whisper-triton eval: {args.data} through {args.url}"
+    try:
+        metrics = evaluate_server(client, utterances, args.output, options, args.concurrency, title)
+    except (RuntimeError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    serving = metrics["serving"]
+    print(
+        f"{metrics['num_utterances']} utterances ({serving['audio_seconds']:.1f} s of audio): "
+        f"WER {metrics['wer']:.2%}, CER {metrics['cer']:.2%}, RTF {serving['rtf']:.3f} "
+        f"(concurrency {serving['concurrency']}); report: {metrics['files']['report_md']}"
+    )
+    if serving["failed"]:
+        print(
+            f"{len(serving['failed'])} requests failed (see {metrics['files']['requests_csv']})",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

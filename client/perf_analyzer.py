@@ -14,6 +14,7 @@ tritonclient from pyproject.toml. ``make setup`` runs ``whisper-triton perf --in
 
 from __future__ import annotations
 
+import argparse
 import base64
 import csv
 import json
@@ -31,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from whisper_triton import contract
+from whisper_triton.cli import UsageError
 from whisper_triton.constants import SAMPLE_RATE
 from whisper_triton.native import missing_libraries
 from whisper_triton.paths import cache_dir
@@ -167,7 +169,7 @@ def parse_csv(path: Path, mean_audio_s: float) -> list[PerfResult]:
     return results
 
 
-def run(
+def measure(
     url: str,
     clips: Sequence[Clip],
     concurrency: Sequence[int] = (1, 2, 4),
@@ -240,13 +242,9 @@ def table(results: Sequence[PerfResult]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: Sequence[str] | None = None) -> int:
+def add_arguments(parser: argparse.ArgumentParser) -> None:
     """``whisper-triton perf``: install perf_analyzer, or measure a running server with audio files."""
-    import argparse
-
-    import soundfile
-
-    parser = argparse.ArgumentParser(prog="whisper-triton perf", description=__doc__.split("\n")[0])
+    parser.description = __doc__.split("\n")[0]
     parser.add_argument(
         "audio", nargs="*", type=Path, help="audio files (what libsndfile reads: wav, flac, ogg, mp3), cycled"
     )
@@ -258,18 +256,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--request-count", type=int, help="measure exactly N requests per level (no stability search)"
     )
     parser.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="where it lives (%(default)s)")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
+    import soundfile
+
     try:
         if args.install:
             print(f"perf_analyzer ready: {install(args.root).binary}")
             return 0
         if not args.audio:
-            parser.error("give audio files to send (or --install)")
+            raise UsageError("give audio files to send (or --install)")
         # Files go as they are (AUDIO_BYTES, decoded by the server), as the client library sends them.
         clips = [path.read_bytes() for path in args.audio]
         seconds = [soundfile.info(str(path)).duration for path in args.audio]
         concurrency = [int(level) for level in args.concurrency.split(",")]
-        results = run(
+        results = measure(
             args.url,
             clips,
             concurrency,
@@ -283,7 +285,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     print(table(results))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -9,18 +9,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Sequence
 
 import numpy as np
 
 from whisper_triton.constants import SAMPLE_RATE
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="whisper-triton probe", description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.description = __doc__.split("\n")[0]
     parser.add_argument("--url", default="localhost:8001", help="gRPC address (default %(default)s)")
     parser.add_argument("--timeout", type=float, default=20.0, help="seconds (default %(default)s)")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     from whisper_triton.client.api import WhisperClient
 
     try:
@@ -29,7 +30,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"whisper-triton probe: {args.url}: {error}", file=sys.stderr)
         return 1
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

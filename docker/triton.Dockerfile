@@ -17,7 +17,8 @@ RUN pip install --no-cache-dir -r /opt/whisper-triton/requirements.txt ${EXTRA_P
 COPY model_repository /models
 USER triton-server
 EXPOSE 8000 8001 8002
-# Admin APIs (model control, shared memory, logging, trace) only with the header
-# whisper-triton-admin-key: $WHISPER_TRITON_ADMIN_KEY; without the variable, a random key: closed.
+# Admin APIs (model control, shared memory, logging, trace) only with the key $WHISPER_TRITON_ADMIN_KEY in
+# the header whisper-triton-admin-key over HTTP, triton-grpc-protocol-whisper-triton-admin-key over gRPC
+# (Triton prefixes gRPC's; docs/serving.md); without the variable, a random key: closed.
 ENV WHISPER_TRITON_ADMIN_KEY=""
 CMD ["bash", "-c", "key=${WHISPER_TRITON_ADMIN_KEY:-$(od -An -N24 -tx1 /dev/urandom | tr -d ' \\n')}; restricted=model-repository,shared-memory,logging,trace:whisper-triton-admin-key=$key; exec tritonserver --model-repository=/models --http-restricted-api=$restricted --grpc-restricted-protocol=$restricted"]

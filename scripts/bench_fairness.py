@@ -26,9 +26,9 @@ def main() -> int:
     from tests.test_serving import infer
     from whisper_triton.audio import load_audio
     from whisper_triton.build.repository import build_model_repository
-    from whisper_triton.build.server import TritonServer
     from whisper_triton.build.triton_config import ServingSettings
     from whisper_triton.corpus import concatenate_utterances, read_manifest, synthesize_corpus
+    from whisper_triton.server.launcher import TritonServer
 
     entries = read_manifest(synthesize_corpus(cache_dir("test-corpus"), num_utterances=40, seed=0))
     long_audio, _ = concatenate_utterances(entries, gap_seconds=0.3)

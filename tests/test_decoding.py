@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from whisper_triton.decoding import LogitRules, build_prompt, split_segments
+from whisper_triton.decoding import Decoder, split_segments
+from whisper_triton.logit_rules import LogitRules
 from whisper_triton.options import DecodingOptions, OptionsError
 from whisper_triton.windows import split_windows
 
@@ -50,15 +51,14 @@ def test_manifest_tokens_come_from_the_tokenizer(manifest, tiny_en):
 
 
 def test_english_prompt_has_no_language_or_task_token(manifest, tokenizer):
-    prompt, sot_index = build_prompt(manifest, DecodingOptions(), tokenizer)
+    decoder = Decoder(None, manifest, tokenizer)  # prompts need no backend
+    prompt, sot_index = decoder.prompt(DecodingOptions())
     assert prompt == [manifest.tokens.sot, manifest.tokens.no_timestamps] and sot_index == 0
-    prompt, sot_index = build_prompt(
-        manifest, DecodingOptions(timestamps=True, initial_prompt="Hannah"), tokenizer
-    )
+    prompt, sot_index = decoder.prompt(DecodingOptions(timestamps=True, initial_prompt="Hannah"))
     assert prompt[0] == manifest.tokens.sot_prev and prompt[sot_index] == manifest.tokens.sot
     assert prompt[-1] == manifest.tokens.sot  # timestamps on: no <|notimestamps|>
-    with pytest.raises(ValueError, match="English-only"):
-        build_prompt(manifest, DecodingOptions(language="de"), tokenizer)
+    with pytest.raises(OptionsError, match="English-only"):
+        decoder.prompt(DecodingOptions(language="de"))
 
 
 def test_timestamp_rules(manifest):
@@ -114,21 +114,20 @@ def test_windows_cut_long_audio_in_pauses():
 
 
 @pytest.mark.slow
-def test_onnx_and_pytorch_backends_decode_identically(tmp_path, tiny_en, corpus_audio):
+def test_onnx_and_pytorch_backends_decode_identically(exported_graphs, tiny_en, corpus_audio):
     """Greedy, beam and timestamps: the in-process ONNX Runtime path equals the PyTorch reference."""
     from training.torch_backend import torch_transcriber
-    from whisper_triton.build.onnx_export import export_onnx_models
+    from whisper_triton.decoding import Decoder
     from whisper_triton.onnx_runtime import OnnxDecoderBackend, OnnxEncoder
     from whisper_triton.transcriber import Transcriber
 
     model, processor = tiny_en
     reference = torch_transcriber(model, processor)
-    exported = export_onnx_models(model, tmp_path)
+    exported = exported_graphs  # export_onnx_models(model, ...), once per content (tests/conftest.py)
+    manifest = reference.manifest
+    backend = OnnxDecoderBackend(exported.directory, manifest)
     ours = Transcriber(
-        OnnxEncoder(tmp_path),
-        OnnxDecoderBackend(tmp_path, reference.manifest),
-        reference.manifest,
-        reference.tokenizer,
+        OnnxEncoder(exported.directory), Decoder(backend, manifest, reference.decoder.tokenizer)
     )
     audios = corpus_audio[:6]
     for options in (DecodingOptions(), DecodingOptions(beam_size=3), DecodingOptions(timestamps=True)):
@@ -148,23 +147,16 @@ def test_greedy_decode_equals_transformers_generate(tiny_en, corpus_audio, times
     picks the same tokens as transformers' own ``generate`` with its Whisper logits processors."""
     import torch
 
-    from training.torch_backend import TorchDecoderBackend, TorchEncoder, _HFTokenizer
-    from whisper_triton.decoding import decode
+    from training.torch_backend import TorchEncoder, torch_decoder
     from whisper_triton.features import transcription_features
-    from whisper_triton.manifest import manifest_from_model
 
     model, processor = tiny_en
-    manifest = manifest_from_model(model, processor)
+    decoder = torch_decoder(model, processor)
+    manifest = decoder.manifest
     audios = corpus_audio[:20]
     features = transcription_features(audios, manifest.n_mels)
     options = DecodingOptions(timestamps=timestamps)
-    ours = decode(
-        TorchDecoderBackend(model),
-        TorchEncoder(model)(features),
-        manifest,
-        options,
-        _HFTokenizer(processor.tokenizer),
-    )
+    ours = decoder.decode(TorchEncoder(model)(features), options)
     with torch.inference_mode():
         generated = model.generate(
             input_features=torch.from_numpy(features),
@@ -225,7 +217,7 @@ def test_generation_filters_equal_transformers_logits_processors():
         TopPLogitsWarper,
     )
 
-    from whisper_triton.decoding import _top_k_top_p
+    from whisper_triton.logit_rules import top_k_top_p
 
     rng = np.random.default_rng(0)
     logits = rng.normal(0, 3, (4, 300)).astype(np.float32)
@@ -242,7 +234,7 @@ def test_generation_filters_equal_transformers_logits_processors():
             expected = theirs(TopKLogitsWarper(k), expected)
         if p:
             expected = theirs(TopPLogitsWarper(p), expected)
-        ours = _top_k_top_p(logits.copy(), options)
+        ours = top_k_top_p(logits.copy(), options)
         np.testing.assert_array_equal(np.isfinite(ours), np.isfinite(expected))
         np.testing.assert_allclose(ours[np.isfinite(ours)], expected[np.isfinite(expected)])
 

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from tests.test_serving import infer
-from whisper_triton.paths import cache_dir
 
 pytestmark = pytest.mark.slow
 
@@ -62,13 +61,12 @@ def test_language_is_detected_per_window_in_process(base, speech):
 
 
 @pytest.fixture(scope="module")
-def base_server():
-    from whisper_triton.build.repository import build_model_repository
-    from whisper_triton.build.server import TritonServer
+def base_server(tmp_path_factory):
+    from tests.artifacts import built_repository
+    from whisper_triton.server.launcher import TritonServer
 
-    repository = cache_dir("test-base-repository")
-    build_model_repository("base", repository)
-    with TritonServer(repository, log_path=repository / "server.log") as server:
+    repository, _ = built_repository("base", "fp32")  # build_model_repository, cached by content
+    with TritonServer(repository, log_path=tmp_path_factory.mktemp("base") / "server.log") as server:
         yield server
 
 

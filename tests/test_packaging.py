@@ -23,7 +23,7 @@ PARTS = {
     "serve": (["model_repository"], ["serve"]),
     "client": (["client"], ["client"]),
     "train": (["training"], ["train"]),
-    "build": (["build"], ["build", "train", "serve"]),
+    "build": (["build", "whisper_triton/server"], ["build", "train", "serve"]),
 }
 # Imported, but provided by the deployment rather than by pip: Triton's Python backend gives its models
 # triton_python_backend_utils; TensorRT (and torch, for its GPU buffers) exist only in a GPU image, where
@@ -41,6 +41,8 @@ def _module_files() -> dict[str, Path]:
     files = {}
     for path in (REPO_ROOT / "whisper_triton").glob("*.py"):
         files[f"whisper_triton.{path.stem}"] = path
+    for path in (REPO_ROOT / "whisper_triton" / "server").glob("*.py"):
+        files[f"whisper_triton.server.{path.stem}"] = path
     for folder, package in (("build", "whisper_triton.build"), ("client", "whisper_triton.client")):
         for path in (REPO_ROOT / folder).glob("*.py"):
             files[f"{package}.{path.stem}"] = path
@@ -121,7 +123,7 @@ def test_every_import_of_a_part_is_declared_by_its_extras(part):
     start = [
         name
         for name, path in files.items()
-        if path.parent.relative_to(REPO_ROOT).parts[0] in folders
+        if any(path.is_relative_to(REPO_ROOT / folder) for folder in folders)
         or (part == "serve" and name.startswith("model:"))
     ]
     assert start, part
@@ -168,6 +170,7 @@ def test_wheel_is_reproducible_and_carries_the_model_sources(project_wheel, tmp_
         assert f"whisper_triton/model_repository/{model}/1/model.py" in first
     assert "whisper_triton/model_repository/_whisper_triton_paths.py" in first
     assert "whisper_triton/build/repository.py" in first and "whisper_triton/client/api.py" in first
+    assert "whisper_triton/server/launcher.py" in first
     assert not any("/lib/" in name or "bdist" in name for name in first)
     assert not (source / "build" / "lib").exists(), "setuptools' scratch folder landed in our build/"
     metadata = zipfile.ZipFile(wheel).read(next(n for n in first if n.endswith("entry_points.txt")))

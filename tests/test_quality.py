@@ -10,8 +10,10 @@ import pytest
 
 from tests.test_serving import infer
 from whisper_triton.constants import SAMPLE_RATE
-from whisper_triton.decoding import WindowResult
+from whisper_triton.decoding import Decoder
 from whisper_triton.options import DecodingOptions
+from whisper_triton.results import WindowResult
+from whisper_triton.transcriber import Transcriber
 
 DATA = Path(__file__).resolve().parent / "data"
 
@@ -183,9 +185,7 @@ def test_fallback_redecodes_only_failing_windows_together(monkeypatch):
     calls = []
     loop = "the the the the the the the the the the the the the the the the the the the the"
 
-    def fake_decode(
-        backend, states, manifest, options, tokenizer, durations, temperature, languages, previous, seed=None
-    ):
+    def fake_decode(self, states, options, contexts, temperature, seed=None):
         calls.append((temperature, list(states)))
         answers = {
             0.0: {0: _result(loop), 1: _result("hm", -2.5), 2: _result("fine"), 3: _result("you", -1.5, 0.9)},
@@ -194,16 +194,17 @@ def test_fallback_redecodes_only_failing_windows_together(monkeypatch):
         }
         return [answers[temperature][int(w)] for w in states]
 
-    monkeypatch.setattr(guards, "decode", fake_decode)
+    monkeypatch.setattr(Decoder, "decode", fake_decode)
+    decoder = Decoder(None, None, None)  # decode is replaced: no backend, model or tokenizer
     states = np.arange(4)
-    results = guards.decode_with_fallback(None, states, None, DecodingOptions(), None, np.full(4, 30.0))
+    results = decoder.decode_with_fallback(states, DecodingOptions())
     assert [call[0] for call in calls] == [0.0, 0.2, 0.4]
     assert [call[1] for call in calls] == [[0, 1, 2, 3], [0, 1], [0]]
     assert [r.text for r in results] == ["the cat sat on the mat", "better words here", "fine", "you"]
     assert guards.is_silence(results[3], DecodingOptions())
     calls.clear()
     off = DecodingOptions(temperature_increment_on_fallback=None)
-    guards.decode_with_fallback(None, states, None, off, None, np.full(4, 30.0))
+    decoder.decode_with_fallback(states, off)
     assert [call[0] for call in calls] == [0.0]
 
 
@@ -221,16 +222,14 @@ def test_temperature_schedule_and_compression_ratio():
     assert compression_ratio("Thank you. " * 30) > 2.4
 
 
-def test_decoder_row_budget_changes_nothing_but_the_batches(tiny_en, corpus_audio, vad, monkeypatch):
+def test_decoder_row_budget_changes_nothing_but_the_batches(tiny_en, corpus_audio, vad):
     """Decoding in batches of at most 5 rows (windows x beams) gives the transcripts of one batch."""
-    import whisper_triton.transcriber as transcriber
     from training.torch_backend import torch_transcriber
 
     reference = torch_transcriber(*tiny_en, vad=vad)
     audio = np.concatenate(corpus_audio[:14])
     options = DecodingOptions(beam_size=2)
     whole = reference.transcribe(audio, options)
-    original = transcriber.decode_windows
-    monkeypatch.setattr(transcriber, "decode_windows", lambda *args: original(*args, max_rows=5))
-    chunked = reference.transcribe(audio, options)
+    bounded = Transcriber(reference.encoder, reference.decoder, vad, max_rows=5)
+    chunked = bounded.transcribe(audio, options)
     assert chunked.text == whole.text and len(whole.segments) > 2

@@ -9,10 +9,8 @@ import pytest
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_en, tmp_path_factory):
-    from whisper_triton.build.onnx_export import export_onnx_models
-
-    return export_onnx_models(tiny_en[0], tmp_path_factory.mktemp("fp32"))
+def exported(exported_graphs):
+    return exported_graphs  # tiny.en's graphs, exported once per content (tests/conftest.py)
 
 
 def _ops(path) -> dict[str, str]:

@@ -23,7 +23,7 @@ from tests.test_serving import BAD_REQUESTS, infer
 from whisper_triton import contract
 
 pytestmark = pytest.mark.slow
-SOAK_SECONDS = float(os.environ.get("WHISPER_TRITON_SOAK_SECONDS", "60"))  # make soak: 300
+SOAK_SECONDS = float(os.environ.get("WHISPER_TRITON_SOAK_SECONDS", "15"))  # make soak: 300
 
 
 def _post(url: str, path: str, body: dict, headers: dict | None = None) -> int:
@@ -38,7 +38,7 @@ def _post(url: str, path: str, body: dict, headers: dict | None = None) -> int:
 
 
 def test_admin_apis_answer_only_with_the_key(server):
-    from whisper_triton.build.server import ADMIN_HEADER
+    from whisper_triton.server.launcher import ADMIN_HEADER
 
     key = {ADMIN_HEADER: server.admin_key}
     for path, body in (
@@ -102,10 +102,13 @@ def test_internal_models_check_direct_calls(server, grpc_client):
 # -- processes that die ----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def supervised(tmp_path):
-    """`whisper-triton serve` (the supervising launcher) on the test repository, on fixed free ports."""
-    from whisper_triton.build.server import free_port
+@pytest.fixture(scope="module")
+def launcher(built_repository, tmp_path_factory):
+    """`whisper-triton serve` (the supervising launcher) on the test repository, on fixed free ports: one
+    for the module, since every test that kills a process under it waits until it transcribes again."""
+    from whisper_triton.server.launcher import free_port
+
+    tmp_path = tmp_path_factory.mktemp("supervised")
 
     ports = {"http": free_port(), "grpc": free_port(), "metrics": free_port()}
     command = [
@@ -134,6 +137,27 @@ def supervised(tmp_path):
         output.close()
 
 
+class _OutputSince:
+    """The launcher's output from one point on: what it printed during this test alone."""
+
+    def __init__(self, path: Path):
+        self.path, self.start = path, path.stat().st_size
+
+    def read_text(self) -> str:
+        with open(self.path, "rb") as handle:
+            handle.seek(self.start)
+            return handle.read().decode(errors="replace")
+
+
+@pytest.fixture
+def supervised(launcher):
+    """(launcher process, gRPC url, its output during this test) of the module's supervised server, alive
+    at the start of the test (each test that kills a process under it waits until it transcribes again)."""
+    process, url, output = launcher
+    assert process.poll() is None, output.read_text()[-3000:]
+    yield process, url, _OutputSince(output)
+
+
 def _server_pid(launcher: int) -> int:
     import psutil
 
@@ -143,7 +167,7 @@ def _server_pid(launcher: int) -> int:
 
 
 def _stub(server_pid: int, model: str) -> int:
-    from whisper_triton.build.server import stub_processes
+    from whisper_triton.server.processes import stub_processes
 
     for pid in stub_processes(server_pid):
         if f"/{model}/" in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace"):
@@ -202,7 +226,7 @@ def test_a_dead_stub_is_replaced(supervised, corpus_audio, model):
 def test_a_killed_server_leaves_nothing_behind(supervised, corpus_audio):
     """kill -9 of tritonserver itself: its stubs and their shared memory are cleaned up, and the
     launcher brings a new server up."""
-    from whisper_triton.build.server import SHM_DIRECTORY, stub_processes
+    from whisper_triton.server.processes import SHM_DIRECTORY, stub_processes
 
     launcher, url, log = supervised
     server = _server_pid(launcher.pid)
@@ -219,7 +243,7 @@ def test_a_killed_server_leaves_nothing_behind(supervised, corpus_audio):
 def test_probe_fails_when_inference_fails(server, tmp_path):
     probe = [str(Path(sys.executable).parent / "whisper-triton"), "probe"]
     assert subprocess.run([*probe, "--url", server.url_grpc], capture_output=True).returncode == 0
-    from whisper_triton.build.server import free_port
+    from whisper_triton.server.launcher import free_port
 
     nobody = subprocess.run(
         [*probe, "--url", f"127.0.0.1:{free_port()}", "--timeout", "5"], capture_output=True, text=True
@@ -243,7 +267,7 @@ def _rss(pid: int) -> dict[str, int]:
 
 
 def test_bounded_load_with_bad_requests_mixed_in(server, corpus_audio):
-    """Concurrency 8 for SOAK_SECONDS (60 in make test, 300 in make soak), one request in ten a bad one:
+    """Concurrency 8 for SOAK_SECONDS (15 in make test, 300 in make soak), one request in ten a bad one:
     no good request fails, every bad one gets its own clear error, and memory does not creep."""
     import tritonclient.grpc as grpcclient
 
@@ -295,7 +319,7 @@ def test_bounded_load_with_bad_requests_mixed_in(server, corpus_audio):
 
     with ThreadPoolExecutor(8) as pool:  # each kind of bad request 8 at a time: the largest buffers, once
         list(pool.map(refused, [BAD_REQUESTS[case][0] for case in bad_cases for _ in range(8)]))
-    stop = time.monotonic() + min(20.0, SOAK_SECONDS / 3)
+    stop = time.monotonic() + min(20.0, max(10.0, SOAK_SECONDS / 3))
     with ThreadPoolExecutor(8) as pool:
         list(pool.map(worker, range(8)))
     results.update(good=[], bad=0)
@@ -327,8 +351,8 @@ def test_worst_legal_request_memory_is_bounded_and_returned(server, corpus_entri
     the decoding process's peak stays bounded, and it gives the memory back afterwards."""
     import psutil
 
-    from whisper_triton.build.server import stub_processes
     from whisper_triton.corpus import concatenate_utterances
+    from whisper_triton.server.processes import stub_processes
 
     decoder = psutil.Process(_stub(server.pid, contract.DECODER_MODEL))
     audio, _ = concatenate_utterances(corpus_entries, gap_seconds=0.3)

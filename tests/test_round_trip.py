@@ -15,11 +15,11 @@ from tests.conftest import REPO_ROOT, two_step_training_config
 
 @pytest.mark.slow
 def test_training_checkpoint_builds_and_serves_like_pytorch(tmp_path, tiny_en, corpus_audio):
+    from tests.artifacts import built_repository
     from training.modeling import create_whisper_model_and_processor
     from training.torch_backend import torch_transcriber
-    from whisper_triton.build.repository import build_model_repository
-    from whisper_triton.build.server import TritonServer
     from whisper_triton.client.api import WhisperClient
+    from whisper_triton.server.launcher import TritonServer
 
     config = two_step_training_config(
         tmp_path / "run", {"name_or_path": "tiny.en"}, learning_rate=1e-4, generation_max_length=40
@@ -43,9 +43,9 @@ def test_training_checkpoint_builds_and_serves_like_pytorch(tmp_path, tiny_en, c
     )  # really the fine-tuned weights
     expected = [t.text for t in torch_transcriber(model, processor).transcribe_batch(corpus_audio[:6])]
 
-    result = build_model_repository(str(checkpoint), tmp_path / "repository")
-    assert result.report.identical == result.report.utterances
-    with TritonServer(tmp_path / "repository") as server:
+    repository, report = built_repository(checkpoint)  # build_model_repository, cached by content
+    assert report.utterances and report.identical == report.utterances
+    with TritonServer(repository, log_path=tmp_path / "server.log") as server:
         client = WhisperClient(server.url_grpc)
         served = [client.transcribe(audio).text for audio in corpus_audio[:6]]
     # Same tolerance as the accuracy gate (tests/test_serving.py): kernels differ by CPU, so at most one

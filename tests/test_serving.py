@@ -197,50 +197,40 @@ INT8_GATE_CORPUS = cache_dir("int8-gate-corpus")
 
 
 def _in_process(repository: Path):
-    from whisper_triton.manifest import TOKENIZER_FILE, ModelManifest
-    from whisper_triton.onnx_runtime import OnnxDecoderBackend, OnnxEncoder
-    from whisper_triton.tokenizer import TextTokenizer
-    from whisper_triton.transcriber import Transcriber
+    from whisper_triton.onnx_runtime import repository_transcriber
 
-    decoder = repository / contract.DECODER_MODEL / "1"
-    manifest = ModelManifest.load(decoder)
-    return Transcriber(
-        OnnxEncoder(repository / contract.ENCODER_MODEL / "1"),
-        OnnxDecoderBackend(decoder, manifest),
-        manifest,
-        TextTokenizer(decoder / TOKENIZER_FILE),
-    )
+    return repository_transcriber(repository)
 
 
 SERVED_INT8_SAMPLE = 120  # held-out utterances also sent through the int8 server under load
 
 
 @pytest.mark.slow
-def test_int8_wer_within_half_a_point_of_fp32_and_served_int8_matches_in_process(server, tmp_path_factory):
+def test_int8_wer_within_half_a_point_of_fp32_and_served_int8_matches_in_process(built_repository):
     """INT8, on 400 held-out utterances (no int8 choice was made looking at them; 400 because on the
     40-utterance corpus one word is 0.24 points): WER within 0.5 absolute of fp32's in-process.
 
-    Served under load (concurrency 4) vs the same graphs one request at a time in-process, on 120 of
-    them: not bit-identical by promise, because ONNX Runtime picks its int8 kernels by CPU (AVX2, AVX-512
+    Served under load (concurrency 4) vs the same graphs in-process (batches of 16: the int8 decoder's
+    rows do not depend on each other, tests/test_quantization.py, and the encoder takes one window per
+    call either way), on 120 of them: not bit-identical by promise, because ONNX Runtime picks its int8 kernels by CPU (AVX2, AVX-512
     VNNI, AMX) and by batch rows, and a near-tie between two tokens can fall either way. What holds on
     every CPU: at least 95% identical transcripts and WER within 0.3 points (measured on an AMX machine:
     identical on 40/40 corpus utterances once the server and the tools shared one numpy)."""
     import tritonclient.grpc as grpcclient
 
+    from tests.artifacts import built_repository as cached_build
     from training.metrics import compute_wer
     from whisper_triton.audio import load_audio
-    from whisper_triton.build.repository import build_model_repository
-    from whisper_triton.build.server import TritonServer
     from whisper_triton.corpus import read_manifest, synthesize_corpus
+    from whisper_triton.server.launcher import TritonServer
 
-    repository = tmp_path_factory.mktemp("int8-repository")
-    result = build_model_repository("tiny.en", repository, precision="int8")
-    assert result.report.wer_vs_reference <= 0.10
+    repository, report = cached_build("tiny.en", "int8")  # build_model_repository, cached by content
+    assert report.utterances and report.wer_vs_reference <= 0.10
     held_out = read_manifest(synthesize_corpus(INT8_GATE_CORPUS, num_utterances=400, seed=31))
     audios = [load_audio(entry["audio_filepath"]) for entry in held_out]
     truth = [entry["text"] for entry in held_out]
     int8 = _in_process(repository)
-    alone = [int8.transcribe(a).text for a in audios]
+    alone = [t.text for t in int8.transcribe_batch(audios)]
 
     sample = audios[:SERVED_INT8_SAMPLE]
     with TritonServer(repository) as int8_server:
@@ -251,14 +241,14 @@ def test_int8_wer_within_half_a_point_of_fp32_and_served_int8_matches_in_process
     wer_served = compute_wer(served, truth[: len(sample)])
     wer_alone = compute_wer(alone[: len(sample)], truth[: len(sample)])
     print(
-        f"int8 served at concurrency 4 vs one at a time in-process: {identical}/{len(sample)} identical, "
+        f"int8 served at concurrency 4 vs in-process: {identical}/{len(sample)} identical, "
         f"WER {wer_served:.2%} vs {wer_alone:.2%}"
     )
     assert identical >= 0.95 * len(sample), [(a, b) for a, b in zip(served, alone, strict=False) if a != b]
     assert abs(wer_served - wer_alone) <= 0.003
 
-    fp32 = _in_process(REPOSITORY)
-    wer_fp32 = compute_wer([fp32.transcribe(a).text for a in audios], truth)
+    fp32 = _in_process(built_repository)
+    wer_fp32 = compute_wer([t.text for t in fp32.transcribe_batch(audios)], truth)
     wer_int8 = compute_wer(alone, truth)
     print(f"400 held-out utterances: WER fp32 {wer_fp32:.2%}, int8 {wer_int8:.2%}")
     assert abs(wer_int8 - wer_fp32) <= 0.005
@@ -326,7 +316,7 @@ def test_perf_analyzer_measures_the_live_server(server, grpc_client, corpus_entr
     before = served()
     # A fixed request count: a stability search over 2 shared cores may never converge (it failed in CI).
     seconds = [len(a) / SAMPLE_RATE for a in corpus_audio[:3]]
-    results = perf_analyzer.run(server.url_grpc, clips, concurrency=[1], request_count=6, seconds=seconds)
+    results = perf_analyzer.measure(server.url_grpc, clips, concurrency=[1], request_count=6, seconds=seconds)
     assert [r.concurrency for r in results] == [1]
     result = results[0]
     assert 0 < result.p50_ms <= result.p90_ms <= result.p99_ms

@@ -117,9 +117,9 @@ IDLE_SECONDS = 2.0
 def small_server(server, tmp_path_factory):
     """The test repository with whisper_stream's config generated for 2 live streams and a 2-s idle
     timeout, served over TLS gRPC (a self-signed certificate for 127.0.0.1)."""
-    from whisper_triton.build.server import TritonServer
     from whisper_triton.build.triton_config import ServingSettings, model_configs, write_config
     from whisper_triton.manifest import ModelManifest
+    from whisper_triton.server.launcher import TritonServer
 
     if shutil.which("openssl") is None:
         pytest.skip("openssl is needed to make the test certificate")

@@ -21,10 +21,8 @@ needs_tensorrt = pytest.mark.skipif(not _TENSORRT, reason=f"TensorRT needs a GPU
 
 
 @pytest.fixture(scope="module")
-def exported(tiny_en, tmp_path_factory):
-    from whisper_triton.build.onnx_export import export_onnx_models
-
-    return export_onnx_models(tiny_en[0], tmp_path_factory.mktemp("onnx"))
+def exported(exported_graphs):
+    return exported_graphs  # tiny.en's graphs, exported once per content (tests/conftest.py)
 
 
 def test_profiles_cover_every_dynamic_axis_of_the_exported_graphs(exported):
@@ -77,17 +75,18 @@ def test_tensorrt_decoder_backend_slices_and_reorders_like_the_onnx_backend(expo
     with the batch cut into slices of whole windows (3 decoder rows, 2 cross K/V windows at most) because
     the 'engines' allow no more."""
     from training.torch_backend import torch_transcriber
+    from whisper_triton.decoding import Decoder
     from whisper_triton.onnx_runtime import OnnxDecoderBackend, OnnxEncoder
     from whisper_triton.tensorrt_runtime import TensorRTDecoderBackend
     from whisper_triton.transcriber import Transcriber
 
     reference = torch_transcriber(*tiny_en)
-    manifest, tokenizer, directory = reference.manifest, reference.tokenizer, exported.directory
+    manifest, tokenizer, directory = reference.manifest, reference.decoder.tokenizer, exported.directory
     encoder = OnnxEncoder(directory)
     cross, decoder = _OnnxRuntimeGraph(exported.cross_kv, 2), _OnnxRuntimeGraph(exported.decoder, 3)
     sliced = TensorRTDecoderBackend(cross, decoder, manifest, torch.device("cpu"))
-    ours = Transcriber(encoder, sliced, manifest, tokenizer)
-    onnx = Transcriber(encoder, OnnxDecoderBackend(directory, manifest), manifest, tokenizer)
+    ours = Transcriber(encoder, Decoder(sliced, manifest, tokenizer))
+    onnx = Transcriber(encoder, Decoder(OnnxDecoderBackend(directory, manifest), manifest, tokenizer))
     audios = corpus_audio[:5]
     for options in (DecodingOptions(), DecodingOptions(beam_size=3), DecodingOptions(timestamps=True)):
         expected = onnx.transcribe_batch(audios, options)
@@ -149,6 +148,7 @@ def test_tensorrt_repository_transcribes_like_pytorch(tiny_en, corpus_entries, c
     from whisper_triton import contract
     from whisper_triton.build.repository import build_model_repository
     from whisper_triton.build.triton_config import ServingSettings
+    from whisper_triton.decoding import Decoder
     from whisper_triton.tensorrt_runtime import TensorRTDecoderBackend, TensorRTEncoder
     from whisper_triton.transcriber import Transcriber
 
@@ -158,11 +158,14 @@ def test_tensorrt_repository_transcribes_like_pytorch(tiny_en, corpus_entries, c
     assert {p.name for p in decoder_dir.glob("*.plan")} == {"cross_kv.plan", "decoder.plan"}
     assert not list(decoder_dir.glob("*.onnx"))
     reference = torch_transcriber(*tiny_en)
+    manifest = reference.manifest
     ours = Transcriber(
         TensorRTEncoder(tmp_path / contract.ENCODER_MODEL / "1" / "model.plan"),
-        TensorRTDecoderBackend.from_directory(decoder_dir, reference.manifest),
-        reference.manifest,
-        reference.tokenizer,
+        Decoder(
+            TensorRTDecoderBackend.from_directory(decoder_dir, manifest),
+            manifest,
+            reference.decoder.tokenizer,
+        ),
     )
     for options in (DecodingOptions(), DecodingOptions(beam_size=5)):
         expected = [t.text for t in reference.transcribe_batch(corpus_audio, options)]

@@ -1,4 +1,8 @@
-"""``python -m training``: help, configuration merging, and a small train + evaluate run in subprocesses."""
+"""``python -m training``: help, configuration merging, mistakes, and a small train + evaluate run.
+
+The train + evaluate run goes through ``python -m training`` in subprocesses, as a user runs it (and one
+mistake through ``python -m training.transcribe``); the rest calls the same ``main(argv)`` in-process,
+which saves a torch import per case."""
 
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ import pytest
 from tests.conftest import CORPUS_DIR, REPO_ROOT, two_step_training_config
 from training.arguments import SpeechTrainingArguments
 from training.cli import FLAG_NAMES, NO_FLAG, SECTION_CLASSES, main
+from training.transcribe import main as transcribe_main
 
 TINY_ARCHITECTURE = {
     "model_size": "tiny.en",
@@ -37,6 +42,17 @@ def _run(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
     )
 
 
+def _in_process(capsys, command_main, *args: str) -> subprocess.CompletedProcess:
+    """``command_main(args)`` as a finished process: its exit code (argparse's exits included) and output."""
+    capsys.readouterr()  # what earlier steps printed is not this command's
+    try:
+        code = command_main(list(args))
+    except SystemExit as exit:
+        code = 0 if exit.code is None else exit.code if isinstance(exit.code, int) else 1
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess(args, code, out.out, out.err)
+
+
 def _config(tmp_path, **training) -> dict:
     (tmp_path / "architecture.json").write_text(json.dumps(TINY_ARCHITECTURE))
     model = {"name_or_path": "tiny.en", "custom_config": str(tmp_path / "architecture.json")}
@@ -46,10 +62,10 @@ def _config(tmp_path, **training) -> dict:
 
 
 @pytest.mark.slow
-def test_help_explains_every_option():
-    top = _run("--help")
+def test_help_explains_every_option(capsys):
+    top = _in_process(capsys, main, "--help")
     assert top.returncode == 0 and "train" in top.stdout and "evaluate" in top.stdout
-    train = _run("train", "--help")
+    train = _in_process(capsys, main, "train", "--help")
     assert train.returncode == 0, train.stderr
     text = " ".join(train.stdout.split())  # argparse wraps lines
     for section, cls in SECTION_CLASSES:
@@ -60,7 +76,7 @@ def test_help_explains_every_option():
             help_text = " ".join(field.metadata["help"].split())
             assert flag in text, flag
             assert help_text[:40] in text, f"{flag}: no help"
-    evaluate = _run("evaluate", "--help")
+    evaluate = _in_process(capsys, main, "evaluate", "--help")
     assert evaluate.returncode == 0
     for flag in ("--model", "--data", "--output", "--beam-size", "--limit", "--max-new-tokens"):
         assert flag in evaluate.stdout
@@ -119,6 +135,8 @@ def test_missing_output_dir_is_reported(capsys):
 @pytest.mark.parametrize(
     ("module", "args", "message"),
     [
+        # The first through `python -m training.transcribe` itself (training's own command runs as one in
+        # test_train_then_evaluate_through_python_m_training), the others through main(argv) in-process.
         ("training.transcribe", ["missing.wav"], "missing.wav: no such file"),
         ("training.transcribe", ["--beam-size", "0", "a.wav"], "--beam-size must be >= 1, got 0"),
         ("training", ["train", "--output-dir", "run", "--resume"], "run holds no checkpoint-N folder"),
@@ -140,15 +158,21 @@ def test_missing_output_dir_is_reported(capsys):
         ),
     ],
 )
-def test_user_mistakes_are_one_line_without_a_traceback(tmp_path, module, args, message):
-    result = subprocess.run(
-        [sys.executable, "-m", module, *args],
-        cwd=tmp_path,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+def test_user_mistakes_are_one_line_without_a_traceback(tmp_path, module, args, message, capsys, monkeypatch):
+    if (module, args) == ("training.transcribe", ["missing.wav"]):
+        result = subprocess.run(
+            [sys.executable, "-m", module, *args],
+            cwd=tmp_path,
+            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    else:
+        monkeypatch.chdir(tmp_path)
+        result = _in_process(
+            capsys, {"training": main, "training.transcribe": transcribe_main}[module], *args
+        )
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     last = result.stderr.strip().splitlines()[-1]
@@ -156,7 +180,7 @@ def test_user_mistakes_are_one_line_without_a_traceback(tmp_path, module, args, 
 
 
 @pytest.mark.slow
-def test_train_then_evaluate_through_python_m_training(tmp_path):
+def test_train_then_evaluate_through_python_m_training(tmp_path, capsys):
     (tmp_path / "train.json").write_text(json.dumps(_config(tmp_path)))
     trained = _run("--config", str(tmp_path / "train.json"), "--disable-tqdm")
     assert trained.returncode == 0, trained.stderr[-3000:]
@@ -170,7 +194,7 @@ def test_train_then_evaluate_through_python_m_training(tmp_path):
         }
     assert json.loads((run / "train_config.json").read_text())["training"]["max_steps"] == 2
 
-    again = _run("--config", str(tmp_path / "train.json"), "--disable-tqdm")
+    again = _in_process(capsys, main, "--config", str(tmp_path / "train.json"), "--disable-tqdm")
     assert again.returncode == 2 and "pass --resume" in again.stderr  # never silently mixes two runs
 
     report = tmp_path / "report"

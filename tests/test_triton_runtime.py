@@ -24,8 +24,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from whisper_triton.build.model_code import PATHS_MODULE, SOURCE_REPOSITORY, bundle_core_package
-from whisper_triton.build.server import TritonServer, TritonServerError, port_is_free
-from whisper_triton.build.triton_runtime import (
+from whisper_triton.server.launcher import TritonServer, TritonServerError, port_is_free
+from whisper_triton.server.runtime import (
     TritonRuntimeError,
     check_python_path,
     default_root,
@@ -176,7 +176,7 @@ def test_unknown_python_version_lists_the_available_stubs(tmp_path):
 
 def test_missing_shared_libraries_are_named(runtime, tmp_path):
     """Without the wheel's libraries in LD_LIBRARY_PATH the stub cannot find libcudart: say so."""
-    from whisper_triton.build.triton_runtime import _check_libraries
+    from whisper_triton.server.runtime import _check_libraries
 
     broken = dataclasses.replace(runtime, library_path=tmp_path)
     with pytest.raises(TritonRuntimeError, match=r"triton_python_backend_stub: libcudart\S* => not found"):
@@ -332,7 +332,7 @@ def test_cli_serves_until_interrupted(runtime, tmp_path):
     import signal
     import urllib.request
 
-    from whisper_triton.build.server import free_port
+    from whisper_triton.server.launcher import free_port
 
     repository = tmp_path / "repository"
     write_model(repository, probe_config("probe"), PROBE_BODY)

@@ -397,7 +397,7 @@ def _slug(text: str) -> str:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] not in ("train", "evaluate", "-h", "--help"):
-        argv.insert(0, "train")  # `python -m training --config train.json`, as DESIGN.md writes it
+        argv.insert(0, "train")  # `python -m training --config train.json`: train is the default command
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:

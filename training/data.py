@@ -50,6 +50,7 @@ from training.utterances import (
 from whisper_triton.audio import AudioError, load_audio
 from whisper_triton.constants import CHUNK_LENGTH, SAMPLE_RATE
 from whisper_triton.features import transcription_features
+from whisper_triton.paths import hub_offline
 
 logger = logging.getLogger(__name__)
 
@@ -264,10 +265,6 @@ class HubSpeechDataset(SpeechDataset):
         return str(row["id"]), audio, row["text"]
 
 
-def _hub_offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0").strip().lower() not in ("", "0", "false", "no")
-
-
 def _hub_reachable(timeout_s: float = 3.0) -> bool:
     """Whether the Hugging Face endpoint accepts a connection (datasets would retry for ~20 s otherwise)."""
     from urllib.parse import urlsplit
@@ -286,7 +283,7 @@ def _hub_reachable(timeout_s: float = 3.0) -> bool:
 def _load_hub_split(split: str, config: DataConfig, limit: int | None, **kwargs) -> HubSpeechDataset:
     """A LibriSpeech split from the Hugging Face hub, or only from the datasets cache with HF_HUB_OFFLINE."""
     local_hint = _local_hint(split, data_root(config))
-    offline = _hub_offline()
+    offline = hub_offline()
     if not offline and not _hub_reachable():
         raise DataError(
             f"LibriSpeech {split} is not local and the Hugging Face hub is unreachable; {local_hint}, "

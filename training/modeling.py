@@ -32,7 +32,7 @@ from training.ctranslate2_convert import (
 )
 from training.model_config import ENGLISH_VOCAB_SIZE, ModelConfigError, WhisperModelConfig
 from whisper_triton.constants import N_MELS
-from whisper_triton.paths import cache_dir
+from whisper_triton.paths import cache_dir, hub_offline
 
 logger = logging.getLogger(__name__)
 
@@ -288,7 +288,7 @@ def _local_dir(path: Path) -> Path:
 
 def _hub_snapshot(repo_id: str, local_only: bool) -> Path | None:
     """The Hugging Face snapshot directory of ``repo_id``, or None if it cannot be had."""
-    if not local_only and os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+    if not local_only and hub_offline():
         return None
     try:
         from huggingface_hub import snapshot_download

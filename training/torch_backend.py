@@ -11,6 +11,7 @@ import inspect
 import numpy as np
 import torch
 
+from whisper_triton.decoding import Decoder
 from whisper_triton.manifest import manifest_from_model
 from whisper_triton.transcriber import Transcriber
 
@@ -64,9 +65,13 @@ class TorchEncoder:
 def torch_transcriber(model, processor, vad=None) -> Transcriber:
     """A ``Transcriber`` running the shared decoding loop on the PyTorch model."""
 
-    manifest = manifest_from_model(model, processor)
-    return Transcriber(
-        TorchEncoder(model), TorchDecoderBackend(model), manifest, _HFTokenizer(processor.tokenizer), vad
+    return Transcriber(TorchEncoder(model), torch_decoder(model, processor), vad)
+
+
+def torch_decoder(model, processor) -> Decoder:
+    """The shared decoding loop over the PyTorch model's decoder."""
+    return Decoder(
+        TorchDecoderBackend(model), manifest_from_model(model, processor), _HFTokenizer(processor.tokenizer)
     )
 
 

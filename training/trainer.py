@@ -7,7 +7,7 @@ speech model needs:
 - it runs on the DataLoaders it is given (``create_librispeech_dataloaders``), passed through
   ``accelerator.prepare`` so that distributed runs shard them;
 - evaluation decodes the eval split with the serving decoder's search (``prediction_step``: the same
-  ``decode_with_fallback`` as the Triton decoding model, on the same features) and reports WER and CER computed by
+  ``Decoder.decode_with_fallback`` as the Triton decoding model, on the same features) and reports WER and CER computed by
   ``training.metrics``; checkpoints are ranked by WER, and ``EarlyStoppingCallback`` stops a run whose
   WER stalls;
 - the processor (tokenizer + feature extractor) is saved in every ``checkpoint-N/`` and the final model
@@ -118,7 +118,7 @@ class SpeechTrainer(Seq2SeqTrainer):
 
     def prediction_step(self, model, inputs, prediction_loss_only, ignore_keys=None):
         """The eval loss as transformers computes it, and the eval transcripts as the server decodes them:
-        ``decode_with_fallback`` (greedy or ``generation_num_beams`` beams, openai's guards) over this
+        ``Decoder.decode_with_fallback`` (greedy or ``generation_num_beams`` beams, openai's guards) over this
         model, so the WER reported in training is the WER serving gives."""
         loss, _, _ = super().prediction_step(model, inputs, True, ignore_keys=ignore_keys)
         if prediction_loss_only:
@@ -127,27 +127,18 @@ class SpeechTrainer(Seq2SeqTrainer):
         return loss, tokens, inputs["labels"]
 
     def _decode(self, model, features: torch.Tensor) -> torch.Tensor:
-        from training.torch_backend import TorchDecoderBackend, TorchEncoder, _HFTokenizer
-        from whisper_triton.guards import decode_with_fallback
-        from whisper_triton.manifest import manifest_from_model
+        from training.torch_backend import TorchEncoder, torch_decoder
         from whisper_triton.options import DecodingOptions
 
         model = self.accelerator.unwrap_model(model)
-        manifest = manifest_from_model(model, self.processor)
         options = DecodingOptions(
             beam_size=self.args.generation_num_beams or 1,
             max_length=self.args.generation_max_length or None,  # transformers' meaning: prompt included
             timestamps=False,
         )
         states = TorchEncoder(model)(features.float().cpu().numpy())
-        results = decode_with_fallback(
-            TorchDecoderBackend(model),
-            states,
-            manifest,
-            options,
-            _HFTokenizer(self.processor.tokenizer),
-            np.full(len(states), 30.0),
-        )
+        # Every window is a whole (<= 30-s) utterance, as WindowContext's default duration says.
+        results = torch_decoder(model, self.processor).decode_with_fallback(states, options)
         width = max([len(r.tokens) for r in results] + [1])
         padded = torch.full((len(results), width), -100, dtype=torch.long)  # -100: padding, as in labels
         for row, result in enumerate(results):

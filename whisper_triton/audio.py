@@ -24,6 +24,7 @@ import soundfile as sf
 import soxr
 
 from whisper_triton.constants import HOP_LENGTH, N_FFT, SAMPLE_RATE
+from whisper_triton.errors import ClientError
 
 MAX_CHANNELS = (
     16  # more than any common layout (7.1.4 surround has 12); a wider axis is a batch, not channels
@@ -65,8 +66,9 @@ FFMPEG_DEMUXERS = (
 )
 
 
-class AudioError(ValueError):
-    """Audio that cannot be used: missing, undecodable, empty, non-finite or of an unusable shape."""
+class AudioError(ClientError, ValueError):
+    """Audio that cannot be used: missing, undecodable, empty, non-finite or of an unusable shape (a
+    ``ValueError`` for Python callers, a ``ClientError`` for servers)."""
 
 
 def load_audio(

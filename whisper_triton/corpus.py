@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fcntl
 import hashlib
 import io
 import json
@@ -30,8 +29,7 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +37,7 @@ import soundfile as sf
 import soxr
 
 from whisper_triton.constants import SAMPLE_RATE
+from whisper_triton.paths import locked
 from whisper_triton.sentences import SENTENCES
 
 logger = logging.getLogger(__name__)
@@ -248,15 +247,6 @@ def _clear(output_dir: Path) -> None:
             path.unlink()
 
 
-@contextmanager
-def _locked(output_dir: Path) -> Iterator[None]:
-    """Hold a lock on ``output_dir`` so that parallel test workers sharing a cache wait for each other."""
-    output_dir.mkdir(parents=True, exist_ok=True)
-    with open(output_dir / LOCK_NAME, "a") as lock:  # "a": taking the lock leaves the file as it is
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def synthesize_corpus(
     output_dir: str | os.PathLike,
     num_utterances: int = 40,
@@ -285,7 +275,7 @@ def synthesize_corpus(
 
     output_dir = Path(output_dir)
     params = _corpus_params(num_utterances, seed, engines, noise_snr_db)
-    with _locked(output_dir):
+    with locked(output_dir, LOCK_NAME):
         if not overwrite and _is_complete(output_dir, params):
             logger.info("reusing the corpus in %s", output_dir)
             return output_dir / MANIFEST_NAME

@@ -1,4 +1,8 @@
-"""Greedy, sampling and beam search over any Whisper decoder backend, with openai/whisper's logit rules.
+"""Greedy, sampling and beam search over any Whisper decoder backend, with openai/whisper's quality guards.
+
+:class:`Decoder` binds what never changes for a model (its backend, manifest and tokenizer) once, as
+openai/whisper's ``DecodingTask`` does; its methods take what varies per call: encoder states, options
+and what each window brings (:class:`WindowContext`).
 
 The search knows nothing of its backend: a ``DecoderBackend`` (ONNX Runtime in-process, TensorRT,
 PyTorch) computes the cross-attention keys/values once per window, runs one decoder step over new
@@ -10,25 +14,30 @@ number of samples), and every row of a window reads that window's one copy of th
 keys/values (the backends broadcast it), so beam search costs one cross K/V per window, not per beam.
 Windows that finish leave the batch with all their rows.
 
-Rules (as openai/whisper's ``decoding.py``): suppress a leading blank and an immediate end of text,
-suppress the model's non-speech tokens, and with timestamps: timestamps come in pairs, never decrease,
-the first is at most ``max_initial_timestamp_index`` steps, and a timestamp is forced when the
-timestamp tokens together are more likely than any text token. Finished sequences are ranked by their
-sum of log-probabilities divided by their length. Beam search ends a hypothesis as CTranslate2 does
-(only an end of text among the best ``beam_size`` candidates counts): it agrees with faster-whisper's
-beam search on 40/40 corpus utterances (tests/test_decoding.py).
+The logit rules are in :mod:`whisper_triton.logit_rules`. Finished sequences are ranked by their sum of
+log-probabilities divided by their length. Beam search ends a hypothesis as CTranslate2 does (only an
+end of text among the best ``beam_size`` candidates counts): it agrees with faster-whisper's beam search
+on 40/40 corpus utterances (tests/test_decoding.py). :meth:`Decoder.decode_with_fallback` adds the
+temperature fallback of :mod:`whisper_triton.guards`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 
-from whisper_triton.constants import TIME_PRECISION
+from whisper_triton.constants import CHUNK_LENGTH, TIME_PRECISION
+from whisper_triton.guards import needs_fallback
+from whisper_triton.logit_rules import LogitRules, log_softmax, top_k_top_p
 from whisper_triton.manifest import ModelManifest
-from whisper_triton.options import MAX_PROMPT_TOKENS, DecodingOptions
+from whisper_triton.options import MAX_PROMPT_TOKENS, DecodingOptions, OptionsError
+from whisper_triton.results import Segment, WindowResult
+
+# openai/whisper drops the conditioning text above this fallback temperature: it can feed a loop.
+MAX_TEMPERATURE_WITH_PREVIOUS_TEXT = 0.5
 
 
 class DecoderBackend(Protocol):
@@ -55,161 +64,44 @@ class Tokenizer(Protocol):
     def decode(self, tokens: list[int]) -> str: ...
 
 
-@dataclass
-class Segment:
-    start: float
-    end: float
-    text: str
-    language: str | None = None  # set for multilingual models: the language the window was decoded as
+@dataclass(frozen=True)
+class WindowContext:
+    """What one window brings to a decoding call besides its encoder states."""
 
-    def to_dict(self) -> dict:
-        data = {"start": round(self.start, 3), "end": round(self.end, 3), "text": self.text}
-        if self.language is not None:
-            data["language"] = self.language
-        return data
+    duration: float = float(CHUNK_LENGTH)  # seconds of audio: segments never end after it
+    language: str | None = None  # the language to decode in (a detected one); None: the options' own
+    previous: tuple[int, ...] = ()  # text tokens that condition the window (openai/whisper's previous text)
 
 
-@dataclass
-class WindowResult:
-    tokens: list[int]  # sampled tokens, without the prompt and the final end of text
-    text: str
-    avg_logprob: float
-    no_speech_prob: float
-    temperature: float = 0.0
-    language: str | None = None  # the language it was decoded as ("en" for English-only models)
-    segments: list[Segment] = field(default_factory=list)
-
-
-def build_prompt(
-    manifest: ModelManifest,
-    options: DecodingOptions,
-    tokenizer: Tokenizer,
-    language: str | None = None,
-    previous: list[int] | None = None,
-) -> tuple[list[int], int]:
-    """The decoder prompt and the index of <|startoftranscript|> in it.
-
-    ``language`` overrides ``options.language`` (a detected language); ``previous`` are text tokens
-    that condition the decoder like openai/whisper's previous-text prompt (after ``initial_prompt``).
-    """
-    tokens = manifest.tokens
-    context: list[int] = []
-    if options.initial_prompt and options.initial_prompt.strip():
-        context = tokenizer.encode(" " + options.initial_prompt.strip())
-    context += list(previous or [])
-    prompt = [tokens.sot_prev] + context[-MAX_PROMPT_TOKENS:] if context else []
-    sot_index = len(prompt)
-    prompt.append(tokens.sot)
+def check_language_and_task(manifest: ModelManifest, options: DecodingOptions) -> None:
+    """OptionsError unless the model can honour ``options.language`` and ``options.task``."""
     if manifest.is_multilingual:
-        language = language or options.language or "en"
-        if language not in tokens.languages:
-            raise ValueError(f"unknown language {language!r}; this model knows {sorted(tokens.languages)}")
-        prompt += [
-            tokens.languages[language],
-            tokens.translate if options.task == "translate" else tokens.transcribe,
-        ]
+        if options.language is not None and options.language not in manifest.tokens.languages:
+            raise OptionsError(
+                f"language {options.language!r} is not one this model knows: {sorted(manifest.tokens.languages)}"
+            )
     elif options.language not in (None, "en") or options.task != "transcribe":
-        # English-only models take no language or task token (see LESSONS.md): reject, never ignore.
-        raise ValueError(
+        # English-only models have no language or task token: refuse the option rather than ignore it.
+        raise OptionsError(
             f"this model is English-only: language {options.language!r} / task {options.task!r} are not available"
         )
-    if not options.timestamps:
-        prompt.append(tokens.no_timestamps)
-    return prompt, sot_index
 
 
-class LogitRules:
-    """openai/whisper's logit filters for one decoding run (fixed prompt length)."""
-
-    def __init__(self, manifest: ModelManifest, options: DecodingOptions, sample_begin: int):
-        self.manifest, self.options, self.sample_begin = manifest, options, sample_begin
-        self.suppress = np.array(sorted(set(manifest.suppress_tokens)), dtype=np.int64)
-        self.begin_suppress = np.array(sorted(set(manifest.begin_suppress_tokens)), dtype=np.int64)
-
-    def apply(self, logits: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        """Filter ``logits`` ``[B, vocab]`` in place given the sequences so far ``[B, L]``."""
-        if tokens.shape[1] == self.sample_begin and self.begin_suppress.size:
-            logits[:, self.begin_suppress] = -np.inf
-        if self.suppress.size:
-            logits[:, self.suppress] = -np.inf
-        if self.options.timestamps:
-            self._timestamp_rules(logits, tokens)
-        if self.options.repetition_penalty != 1.0:
-            self._repetition_penalty(logits, tokens)
-        if self.options.no_repeat_ngram_size:
-            self._no_repeat_ngrams(logits, tokens)
-        return logits
-
-    def _repetition_penalty(self, logits: np.ndarray, tokens: np.ndarray) -> None:
-        # transformers' rule, over the whole sequence so far (prompt included, as generate() does): a
-        # positive logit is divided by the penalty, a negative one multiplied, so > 1 always discourages.
-        penalty = self.options.repetition_penalty
-        for row in range(tokens.shape[0]):
-            seen = np.unique(tokens[row])
-            values = logits[row, seen]
-            logits[row, seen] = np.where(values > 0, values / penalty, values * penalty)
-
-    def _no_repeat_ngrams(self, logits: np.ndarray, tokens: np.ndarray) -> None:
-        # transformers' rule: a token that would complete an n-gram already in the sequence is banned.
-        n = self.options.no_repeat_ngram_size
-        if tokens.shape[1] + 1 < n:
-            return
-        for row in range(tokens.shape[0]):
-            sequence = tokens[row].tolist()
-            prefix = tuple(sequence[len(sequence) - n + 1 :]) if n > 1 else ()
-            banned = [
-                sequence[i + n - 1]
-                for i in range(len(sequence) - n + 1)
-                if tuple(sequence[i : i + n - 1]) == prefix
-            ]
-            if banned:
-                logits[row, banned] = -np.inf
-
-    def _timestamp_rules(self, logits: np.ndarray, tokens: np.ndarray) -> None:
-        special = self.manifest.tokens
-        begin, eot = special.timestamp_begin, special.eot
-        logits[:, special.no_timestamps] = -np.inf
-        for row in range(tokens.shape[0]):
-            sampled = tokens[row, self.sample_begin :]
-            last_was_timestamp = sampled.size >= 1 and sampled[-1] >= begin
-            penultimate_was_timestamp = sampled.size < 2 or sampled[-2] >= begin
-            if last_was_timestamp:
-                if penultimate_was_timestamp:  # a pair just closed: text (or end of text) must follow
-                    logits[row, begin:] = -np.inf
-                else:  # an open timestamp: the next token must close it or end
-                    logits[row, :eot] = -np.inf
-            stamps = sampled[sampled >= begin]
-            if stamps.size:
-                # Timestamps never decrease; a closing timestamp may repeat the opening one.
-                floor = stamps[-1] if last_was_timestamp and not penultimate_was_timestamp else stamps[-1] + 1
-                logits[row, begin:floor] = -np.inf
-        if tokens.shape[1] == self.sample_begin:
-            logits[:, :begin] = -np.inf  # the first sampled token is a timestamp
-            limit = self.manifest.max_initial_timestamp_index
-            logits[:, begin + limit + 1 :] = -np.inf
-        logprobs = log_softmax(logits)
-        with np.errstate(divide="ignore"):
-            timestamp_mass = np.logaddexp.reduce(logprobs[:, begin:], axis=-1)
-        best_text = logprobs[:, :begin].max(axis=-1)
-        logits[timestamp_mass > best_text, :begin] = -np.inf
-
-
-def log_softmax(logits: np.ndarray) -> np.ndarray:
-    peak = logits.max(axis=-1, keepdims=True)
-    peak = np.where(np.isfinite(peak), peak, 0.0)
-    shifted = logits - peak
-    with np.errstate(divide="ignore"):
-        return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+def initial_prompt_tokens(tokenizer: Tokenizer, options: DecodingOptions) -> list[int]:
+    """The text tokens of ``options.initial_prompt`` (none for a missing or blank prompt)."""
+    if not options.initial_prompt or not options.initial_prompt.strip():
+        return []
+    return tokenizer.encode(" " + options.initial_prompt.strip())
 
 
 @dataclass(frozen=True)
 class _Run:
-    """What every search of one ``decode`` call shares."""
+    """What every search of one batch of equal-length prompts shares."""
 
     backend: Any
     manifest: ModelManifest
     options: DecodingOptions
-    prompts: list[list[int]]  # per window (equal lengths within a call)
+    prompts: list[list[int]]  # per window (equal lengths within a run)
     sot_index: int
     max_length: int
     rules: LogitRules
@@ -228,117 +120,161 @@ def _token_limit(options: DecodingOptions, prompt_length: int, sot_index: int, n
     return limit
 
 
-def decode(
-    backend: DecoderBackend,
-    encoder_output: np.ndarray,
-    manifest: ModelManifest,
-    options: DecodingOptions,
-    tokenizer: Tokenizer,
-    window_durations: np.ndarray | None = None,
-    temperature: float | None = None,
-    languages: list[str | None] | None = None,
-    previous: list[list[int]] | None = None,
-    seed: int | None = None,
-) -> list[WindowResult]:
-    """Decode every window of ``encoder_output`` ``[W, n_audio_ctx, d_model]`` once.
+class Decoder:
+    """Decoding of encoder states for one model: its backend, manifest and tokenizer, bound once."""
 
-    ``temperature`` (default ``options.temperature``): 0 searches (greedy, or beam search with
-    ``options.beam_size`` beams); above 0 it samples ``options.best_of`` candidates per window (one when
-    ``options.temperature`` itself asked for sampling) and keeps the most likely. ``languages`` and
-    ``previous`` are per window (a detected language; text tokens that condition the window).
-    """
-    count = encoder_output.shape[0]
-    temperature = options.temperature if temperature is None else temperature
-    languages = languages or [None] * count
-    previous = previous or [[] for _ in range(count)]
-    built = [
-        build_prompt(manifest, options, tokenizer, lang, prev)
-        for lang, prev in zip(languages, previous, strict=True)
-    ]
-    prompts = [prompt for prompt, _ in built]
-    if len({len(p) for p in prompts}) > 1:  # one step feeds all rows: split into calls of equal prompt length
-        return _decode_by_prompt_length(
-            backend,
-            encoder_output,
-            manifest,
-            options,
-            tokenizer,
-            window_durations,
-            temperature,
-            languages,
-            previous,
-            seed,
-        )
-    length = len(prompts[0])
-    if length >= manifest.n_text_ctx:
-        raise ValueError(
-            f"prompt of {length} tokens leaves no room in the {manifest.n_text_ctx}-token context"
-        )
-    run = _Run(
-        backend,
-        manifest,
-        options,
-        prompts,
-        built[0][1],
-        _token_limit(options, length, built[0][1], manifest.n_text_ctx),
-        LogitRules(manifest, options, length),
-    )
-    cross = backend.cross_attention(encoder_output)
-    if temperature > 0:
-        # openai/whisper samples best_of candidates at a fallback temperature; a client's own temperature
-        # asks for one sample.
-        candidates = 1 if options.temperature > 0 else options.best_of
-        rng = np.random.default_rng(options.seed if seed is None else seed)
-        sequences, sums, no_speech = _sample(run, cross, count, candidates, temperature, rng)
-    elif options.beam_size > 1:
-        sequences, sums, no_speech = _beam(run, cross, count)
-    else:
-        sequences, sums, no_speech = _sample(run, cross, count, 1, 0.0, None)
-    durations = window_durations if window_durations is not None else np.full(count, 30.0)
-    results = []
-    for index, sampled in enumerate(sequences):
-        text_tokens = [t for t in sampled if t < manifest.tokens.eot]
-        results.append(
-            WindowResult(
-                tokens=sampled,
-                text=tokenizer.decode(text_tokens).strip(),
-                avg_logprob=float(sums[index] / (len(sampled) + 1)),
-                no_speech_prob=float(no_speech[index]),
-                temperature=float(temperature),
-                language=(languages[index] or options.language or "en") if manifest.is_multilingual else "en",
-                segments=split_segments(sampled, manifest, tokenizer, float(durations[index])),
+    def __init__(self, backend: DecoderBackend, manifest: ModelManifest, tokenizer: Tokenizer):
+        self.backend, self.manifest, self.tokenizer = backend, manifest, tokenizer
+
+    def prompt(
+        self, options: DecodingOptions, language: str | None = None, previous: tuple[int, ...] = ()
+    ) -> tuple[list[int], int]:
+        """The decoder prompt and the index of <|startoftranscript|> in it.
+
+        ``language`` overrides ``options.language`` (a detected language); ``previous`` are text tokens
+        that condition the decoder like openai/whisper's previous-text prompt (after ``initial_prompt``).
+        """
+        check_language_and_task(self.manifest, options)
+        tokens = self.manifest.tokens
+        context = initial_prompt_tokens(self.tokenizer, options) + list(previous)
+        prompt = [tokens.sot_prev] + context[-MAX_PROMPT_TOKENS:] if context else []
+        sot_index = len(prompt)
+        prompt.append(tokens.sot)
+        if self.manifest.is_multilingual:
+            language = language or options.language or "en"
+            if language not in tokens.languages:
+                raise OptionsError(
+                    f"unknown language {language!r}; this model knows {sorted(tokens.languages)}"
+                )
+            prompt += [
+                tokens.languages[language],
+                tokens.translate if options.task == "translate" else tokens.transcribe,
+            ]
+        if not options.timestamps:
+            prompt.append(tokens.no_timestamps)
+        return prompt, sot_index
+
+    def detect_languages(self, encoder_output: np.ndarray) -> list[str]:
+        """The likeliest language of each window: the language token scored after <|startoftranscript|>
+        (as openai/whisper's ``detect_language``); English for English-only models."""
+        count = encoder_output.shape[0]
+        languages = self.manifest.tokens.languages
+        if not self.manifest.is_multilingual or not languages:
+            return ["en"] * count
+        codes = list(languages)
+        ids = np.array([languages[code] for code in codes])
+        cross = self.backend.cross_attention(encoder_output)
+        start = np.full((count, 1), self.manifest.tokens.sot, dtype=np.int64)
+        logits, _ = self.backend.step(start, self.backend.new_cache(count), cross)
+        return [codes[i] for i in np.argmax(logits[:, -1, ids], axis=1)]
+
+    def decode(
+        self,
+        encoder_output: np.ndarray,
+        options: DecodingOptions,
+        contexts: list[WindowContext] | None = None,
+        temperature: float | None = None,
+        seed: int | None = None,
+    ) -> list[WindowResult]:
+        """Decode every window of ``encoder_output`` ``[W, n_audio_ctx, d_model]`` once.
+
+        ``temperature`` (default ``options.temperature``): 0 searches (greedy, or beam search with
+        ``options.beam_size`` beams); above 0 it samples ``options.best_of`` candidates per window (one
+        when ``options.temperature`` itself asked for sampling) and keeps the most likely. ``contexts``
+        holds one :class:`WindowContext` per window (default: 30 s, the options' language, no text).
+        """
+        count = encoder_output.shape[0]
+        contexts = contexts or [WindowContext()] * count
+        temperature = options.temperature if temperature is None else temperature
+        built = [self.prompt(options, context.language, context.previous) for context in contexts]
+        # One step feeds all rows, so windows are decoded in groups of equal prompt length.
+        results: list[WindowResult | None] = [None] * count
+        for length in sorted({len(prompt) for prompt, _ in built}):
+            members = [i for i, (prompt, _) in enumerate(built) if len(prompt) == length]
+            decoded = self._decode_equal(
+                encoder_output[members],
+                options,
+                [built[i] for i in members],
+                [contexts[i] for i in members],
+                (temperature, options.seed if seed is None else seed),
             )
-        )
-    return results
+            for i, result in zip(members, decoded, strict=True):
+                results[i] = result
+        return results
 
+    def decode_with_fallback(
+        self,
+        encoder_output: np.ndarray,
+        options: DecodingOptions,
+        contexts: list[WindowContext] | None = None,
+    ) -> list[WindowResult]:
+        """``decode`` every window, then again at each fallback temperature only the windows still failing
+        openai/whisper's guards (:func:`whisper_triton.guards.needs_fallback`)."""
+        count = encoder_output.shape[0]
+        contexts = contexts or [WindowContext()] * count
+        temperatures = options.temperatures()
+        results = self.decode(encoder_output, options, contexts, temperatures[0])
+        pending = [i for i, result in enumerate(results) if needs_fallback(result, options)]
+        for attempt, temperature in enumerate(temperatures[1:], start=1):
+            if not pending:
+                break
+            keep_text = temperature <= MAX_TEMPERATURE_WITH_PREVIOUS_TEXT
+            retried = self.decode(
+                encoder_output[pending],
+                options,
+                [
+                    contexts[i] if keep_text else dataclasses.replace(contexts[i], previous=())
+                    for i in pending
+                ],
+                temperature,
+                seed=(options.seed + attempt) % 2**32,
+            )
+            for index, result in zip(pending, retried, strict=True):
+                results[index] = result
+            pending = [i for i in pending if needs_fallback(results[i], options)]
+        return results
 
-def _decode_by_prompt_length(
-    backend, encoder_output, manifest, options, tokenizer, durations, temperature, languages, previous, seed
-):
-    """``decode`` for windows whose prompts differ in length (different previous text): one call per length."""
-    lengths = [
-        len(build_prompt(manifest, options, tokenizer, lang, prev)[0])
-        for lang, prev in zip(languages, previous, strict=True)
-    ]
-    results: list[WindowResult | None] = [None] * len(lengths)
-    durations = durations if durations is not None else np.full(len(lengths), 30.0)
-    for length in sorted(set(lengths)):
-        members = [i for i, value in enumerate(lengths) if value == length]
-        decoded = decode(
-            backend,
-            encoder_output[members],
-            manifest,
-            options,
-            tokenizer,
-            durations[members],
-            temperature,
-            [languages[i] for i in members],
-            [previous[i] for i in members],
-            seed,
+    def _decode_equal(self, encoder_output, options, built, contexts, sampling) -> list[WindowResult]:
+        """``decode`` of windows whose prompts ``built`` (prompt, sot index) have one length;
+        ``sampling`` is (temperature, seed)."""
+        manifest, (temperature, seed) = self.manifest, sampling
+        prompts, sot_index = [prompt for prompt, _ in built], built[0][1]
+        length, count = len(prompts[0]), len(prompts)
+        if length >= manifest.n_text_ctx:
+            raise OptionsError(
+                f"prompt of {length} tokens leaves no room in the {manifest.n_text_ctx}-token context"
+            )
+        limit = _token_limit(options, length, sot_index, manifest.n_text_ctx)
+        run = _Run(
+            self.backend, manifest, options, prompts, sot_index, limit, LogitRules(manifest, options, length)
         )
-        for i, result in zip(members, decoded, strict=True):
-            results[i] = result
-    return results
+        cross = self.backend.cross_attention(encoder_output)
+        if temperature > 0:
+            # openai/whisper samples best_of candidates at a fallback temperature; a client's own
+            # temperature asks for one sample.
+            candidates = 1 if options.temperature > 0 else options.best_of
+            rng = np.random.default_rng(seed)
+            sequences, sums, no_speech = _sample(run, cross, count, candidates, temperature, rng)
+        elif options.beam_size > 1:
+            sequences, sums, no_speech = _beam(run, cross, count)
+        else:
+            sequences, sums, no_speech = _sample(run, cross, count, 1, 0.0, None)
+        results = []
+        for index, (sampled, context) in enumerate(zip(sequences, contexts, strict=True)):
+            text_tokens = [t for t in sampled if t < manifest.tokens.eot]
+            language = (context.language or options.language or "en") if manifest.is_multilingual else "en"
+            results.append(
+                WindowResult(
+                    tokens=sampled,
+                    text=self.tokenizer.decode(text_tokens).strip(),
+                    avg_logprob=float(sums[index] / (len(sampled) + 1)),
+                    no_speech_prob=float(no_speech[index]),
+                    temperature=float(temperature),
+                    language=language,
+                    segments=split_segments(sampled, manifest, self.tokenizer, context.duration),
+                )
+            )
+        return results
 
 
 def _first_step(run: _Run, cross, windows: int, per_window: int):
@@ -365,7 +301,7 @@ def _sample(run: _Run, cross, count: int, candidates: int, temperature: float, r
         if temperature > 0:
             # Gumbel-max: the argmax of logits / T plus Gumbel noise is a sample of softmax(logits / T),
             # for every row at once.
-            scaled = _top_k_top_p(logits / temperature, run.options)
+            scaled = top_k_top_p(logits / temperature, run.options)
             chosen = (scaled + rng.gumbel(size=scaled.shape)).argmax(axis=-1)
         else:
             chosen = logits.argmax(axis=-1)
@@ -403,23 +339,6 @@ def _sample(run: _Run, cross, count: int, candidates: int, temperature: float, r
         best.append(finished[pick])
         sums[window] = sum_logprobs[pick]
     return best, sums, no_speech
-
-
-def _top_k_top_p(logits: np.ndarray, options: DecodingOptions) -> np.ndarray:
-    """transformers' sampling filters, in its order: keep the ``top_k`` likeliest tokens, then the
-    smallest set whose probability reaches ``top_p`` (always at least one token)."""
-    if options.top_k is not None and options.top_k < logits.shape[1]:
-        kth = np.partition(logits, -options.top_k, axis=1)[:, -options.top_k][:, None]
-        logits = np.where(logits < kth, -np.inf, logits)
-    if options.top_p is not None and options.top_p < 1.0:
-        order = np.argsort(-logits, axis=1)
-        probs = np.exp(log_softmax(np.take_along_axis(logits, order, axis=1)))
-        # Drop a token when the tokens above it already hold top_p of the probability.
-        drop_sorted = (np.cumsum(probs, axis=1) - probs) >= options.top_p
-        drop = np.zeros_like(drop_sorted)
-        np.put_along_axis(drop, order, drop_sorted, axis=1)
-        logits = np.where(drop, -np.inf, logits)
-    return logits
 
 
 def _beam(run: _Run, cross, count: int):
@@ -543,19 +462,3 @@ def split_segments(
         if text:
             segments.append(Segment(start if start is not None else 0.0, duration, text))
     return segments
-
-
-def detect_languages(
-    backend: DecoderBackend, encoder_output: np.ndarray, manifest: ModelManifest
-) -> list[str]:
-    """The likeliest language of each window: the language token scored after <|startoftranscript|>
-    (as openai/whisper's ``detect_language``); English for English-only models."""
-    count = encoder_output.shape[0]
-    if not manifest.is_multilingual or not manifest.tokens.languages:
-        return ["en"] * count
-    codes = list(manifest.tokens.languages)
-    ids = np.array([manifest.tokens.languages[code] for code in codes])
-    cross = backend.cross_attention(encoder_output)
-    start = np.full((count, 1), manifest.tokens.sot, dtype=np.int64)
-    logits, _ = backend.step(start, backend.new_cache(count), cross)
-    return [codes[i] for i in np.argmax(logits[:, -1, ids], axis=1)]

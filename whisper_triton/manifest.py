@@ -108,7 +108,17 @@ def manifest_from_model(model, processor, precision: str = "fp32", source: str =
         tokens=tokens,
         suppress_tokens=tuple(int(t) for t in (generation.suppress_tokens or ())),
         begin_suppress_tokens=tuple(int(t) for t in (generation.begin_suppress_tokens or ())),
-        max_initial_timestamp_index=int(getattr(generation, "max_initial_timestamp_index", None) or 50),
+        max_initial_timestamp_index=_max_initial_timestamp_index(generation),
         precision=precision,
         source=source,
     )
+
+
+DEFAULT_MAX_INITIAL_TIMESTAMP_INDEX = 50  # openai/whisper's max_initial_timestamp: 1.0 s of 0.02-s steps
+
+
+def _max_initial_timestamp_index(generation) -> int:
+    """The generation config's own value (0 is a legal one: the first timestamp is <|0.00|>), else
+    openai/whisper's."""
+    value = getattr(generation, "max_initial_timestamp_index", None)
+    return DEFAULT_MAX_INITIAL_TIMESTAMP_INDEX if value is None else int(value)

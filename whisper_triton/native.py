@@ -54,8 +54,9 @@ def return_large_blocks_at_once() -> None:
     features, encoder states, decoder caches) out of the heap. Fixing it switches the dynamic rule off,
     trim threshold included, so that is set as the rule would: left at 128 KB, every decoder step's
     short-lived blocks of a few MB were handed back and faulted in again (decoding took twice as long,
-    measured on the test corpus). The decoding model still hands free heap back after every batch
-    (``release_free_memory``). No-op without glibc.
+    measured on the test corpus). The decoding model also hands free heap back after a large batch
+    (``release_free_memory`` after more than its ``TRIM_ABOVE_ROWS`` decoder rows; a small batch's memory
+    is kept for the next one). No-op without glibc.
     """
     try:
         libc = ctypes.CDLL("libc.so.6")

@@ -1,7 +1,8 @@
 """ONNX Runtime execution of an exported model, in-process: the encoder and the decoder backend.
 
 Used by the Triton Python-backend models on CPU (``--runtime python``), by the decoding model of every
-runtime (the decoder loop always runs in-process, see LESSONS.md), and by the build's parity check.
+runtime (the decoder loop always runs in-process: a step per token through Triton would cost a request
+per token), and by the build's parity check.
 """
 
 from __future__ import annotations
@@ -102,3 +103,21 @@ class OnnxDecoderBackend:
     def select(self, cache, cross, rows: np.ndarray, windows: np.ndarray | None):
         cache = (cache[0][:, rows], cache[1][:, rows])
         return cache, cross if windows is None else (cross[0][:, windows], cross[1][:, windows])
+
+
+def repository_transcriber(repository: str | Path, vad=None, pauses: str = "vad"):
+    """The in-process :class:`~whisper_triton.transcriber.Transcriber` over a built model repository's
+    ONNX graphs (``--runtime python``): the server's encoder and decoding, in one process."""
+    from whisper_triton import contract
+    from whisper_triton.decoding import Decoder
+    from whisper_triton.manifest import TOKENIZER_FILE
+    from whisper_triton.tokenizer import TextTokenizer
+    from whisper_triton.transcriber import Transcriber
+
+    repository = Path(repository)
+    directory = repository / contract.DECODER_MODEL / "1"
+    manifest = ModelManifest.load(directory)
+    decoder = Decoder(
+        OnnxDecoderBackend(directory, manifest), manifest, TextTokenizer(directory / TOKENIZER_FILE)
+    )
+    return Transcriber(OnnxEncoder(repository / contract.ENCODER_MODEL / "1"), decoder, vad, pauses)

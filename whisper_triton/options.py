@@ -2,8 +2,8 @@
 
 Every option a client sends is honoured or rejected with a message naming it: unknown keys, wrong types
 (``"false"`` is not a boolean) and out-of-range values are errors, never silently ignored. What depends on
-the model (languages, the prompt's length in tokens) is checked by :func:`check_for_model` before any
-audio is decoded.
+the model (languages, the prompt's length in tokens) is checked by ``whisper_triton.serving.check_for_model``
+before any audio is decoded.
 
 The quality guards are openai/whisper's, with its defaults: a window whose text compresses too well
 (``compression_ratio_threshold``, a repetition loop) or whose tokens are too unlikely
@@ -18,6 +18,8 @@ import dataclasses
 import json
 from dataclasses import dataclass
 
+from whisper_triton.errors import ClientError
+
 MAX_BEAM_SIZE = 16
 MAX_BEST_OF = 16
 MAX_PROMPT_TOKENS = 223  # openai/whisper's prompt budget: n_text_ctx // 2 - 1 tokens
@@ -28,8 +30,9 @@ MAX_OPTIONS_BYTES = 16384  # an OPTIONS JSON object larger than this is refused 
 ALIASES = {"num_beams": "beam_size"}  # transformers' generate() spelling
 
 
-class OptionsError(ValueError):
-    """An invalid decoding option; the message names it and the accepted values."""
+class OptionsError(ClientError, ValueError):
+    """An invalid decoding option; the message names it and the accepted values. A ``ValueError`` too,
+    as Python callers of ``DecodingOptions`` expect; servers catch it as a ``ClientError``."""
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Request handling shared by the Triton models, free of Triton imports so it is testable directly.
 
-Each function validates one request and raises ``RequestError`` (the client's mistake: the models
-answer it with Triton's INVALID_ARG, HTTP 400) with a message that names the problem, while the rest of
-the batch carries on. The feature model checks everything a request can get wrong (options against the
+Each function validates one request and raises a :class:`~whisper_triton.errors.ClientError` (the
+client's mistake: :func:`error_response` answers it with Triton's INVALID_ARG, HTTP 400) with a message
+that names the problem, while the rest of the batch carries on; every other exception is a server fault,
+answered with INTERNAL and no internals. The feature model checks everything a request can get wrong (options against the
 model, audio bytes, duration, channels, samples) before any decoding work, in the cheapest order:
 options first, then the upload's size, then the container header, then the samples as they decode.
 """
@@ -10,20 +11,24 @@ options first, then the upload's size, then the container header, then the sampl
 from __future__ import annotations
 
 import json
+import traceback
 from dataclasses import dataclass
 
 import numpy as np
 
 from whisper_triton.audio import AudioError, load_audio
-from whisper_triton.constants import SAMPLE_RATE
+from whisper_triton.constants import CHUNK_LENGTH, SAMPLE_RATE
+from whisper_triton.decoding import check_language_and_task, initial_prompt_tokens
+from whisper_triton.errors import ClientError
 from whisper_triton.manifest import ModelManifest
-from whisper_triton.options import MAX_PROMPT_TOKENS, DecodingOptions, OptionsError
-from whisper_triton.transcriber import assemble, prepare_windows, resolve_options
+from whisper_triton.options import MAX_PROMPT_TOKENS, DecodingOptions
+from whisper_triton.transcriber import VadUnavailable, assemble, prepare_windows, resolve_options
+from whisper_triton.windows import Windows
 
 MAX_SAMPLE_MAGNITUDE = 1.0 + 1e-3  # PCM is [-1, 1]; a little room for resampler overshoot
 
 
-class RequestError(ValueError):
+class RequestError(ClientError):
     """A bad request: the message is returned to the client."""
 
 
@@ -35,35 +40,26 @@ class Limits:
     max_bytes: int = 128 * 1024 * 1024  # an AUDIO_BYTES upload (a 10-minute 48 kHz stereo WAV is 110 MB)
 
 
+DEFAULT_LIMITS = Limits()  # the build's defaults (ServingSettings) come from here
+
+
 def request_options(options: np.ndarray | None) -> DecodingOptions:
     if options is None:
         return DecodingOptions()
     if options.size != 1:
         raise RequestError(f"OPTIONS must hold one JSON object, got {options.size} elements")
     raw = options.reshape(-1)[0]
-    try:
-        return DecodingOptions.from_json(raw if isinstance(raw, (bytes, str)) else str(raw))
-    except OptionsError as exc:
-        raise RequestError(str(exc)) from exc
+    return DecodingOptions.from_json(raw if isinstance(raw, (bytes, str)) else str(raw))
 
 
 def check_for_model(options: DecodingOptions, manifest: ModelManifest, tokenizer, has_vad: bool) -> None:
     """What the model decides: languages, task, the prompt's length in tokens, VAD availability."""
-    if manifest.is_multilingual:
-        if options.language is not None and options.language not in manifest.tokens.languages:
-            raise RequestError(
-                f"language {options.language!r} is not one this model knows: {sorted(manifest.tokens.languages)}"
-            )
-    elif options.language not in (None, "en") or options.task != "transcribe":
-        raise RequestError(
-            f"this model is English-only: language {options.language!r} / task {options.task!r} are not available"
-        )
-    if options.initial_prompt:
-        count = len(tokenizer.encode(" " + options.initial_prompt.strip()))
-        if count > MAX_PROMPT_TOKENS:
-            raise RequestError(f"initial_prompt is {count} tokens; at most {MAX_PROMPT_TOKENS}")
+    check_language_and_task(manifest, options)
+    count = len(initial_prompt_tokens(tokenizer, options))
+    if count > MAX_PROMPT_TOKENS:
+        raise RequestError(f"initial_prompt is {count} tokens; at most {MAX_PROMPT_TOKENS}")
     if (options.vad_filter or options.speech_threshold is not None) and not has_vad:
-        raise RequestError("this server has no VAD model: vad_filter and speech_threshold need one")
+        raise VadUnavailable("this server has no VAD model: vad_filter and speech_threshold need one")
 
 
 def request_audio(audio: np.ndarray | None, audio_bytes: np.ndarray | None, limits: Limits) -> np.ndarray:
@@ -80,7 +76,7 @@ def request_audio(audio: np.ndarray | None, audio_bytes: np.ndarray | None, limi
             raise RequestError("AUDIO_BYTES is empty: the audio is empty")
         try:
             return load_audio(bytes(data), max_seconds=limits.max_seconds, max_bytes=limits.max_bytes)
-        except AudioError as exc:
+        except AudioError as exc:  # name the input that held the bad file
             raise RequestError(f"AUDIO_BYTES: {exc}") from exc
     if audio.dtype != np.float32:
         raise RequestError(f"AUDIO must be FP32, got {audio.dtype}")
@@ -111,18 +107,26 @@ def check_pcm_samples(samples: np.ndarray, name: str, advice: str = "") -> None:
         )
 
 
-def prepare(audio, audio_bytes, options, limits: Limits, manifest: ModelManifest, tokenizer, vad=None):
-    """Validated features ``[windows, n_mels, 3000]``, windows ``[windows, 3]`` (s) and options JSON."""
-    decoding = request_options(options)  # first: a bad option costs no audio decoding
-    check_for_model(decoding, manifest, tokenizer, vad is not None)
-    pcm = request_audio(audio, audio_bytes, limits)
-    decoding = resolve_options(decoding, len(pcm))
-    features, windows = prepare_windows(pcm, manifest.n_mels, decoding, vad)
-    return features, windows, decoding.to_json()
+class FeatureStage:
+    """What the feature model does with a request, for one model: its manifest and tokenizer, its VAD
+    (or None) and the server's limits, bound once."""
+
+    def __init__(self, manifest: ModelManifest, tokenizer, vad=None, limits: Limits = DEFAULT_LIMITS):
+        self.manifest, self.tokenizer, self.vad, self.limits = manifest, tokenizer, vad, limits
+
+    def prepare(self, audio, audio_bytes, options) -> tuple[np.ndarray, np.ndarray, str]:
+        """Validated features ``[windows, n_mels, 3000]``, the WINDOWS array ``[windows, 3]`` (s) and the
+        options JSON of one request's AUDIO, AUDIO_BYTES and OPTIONS inputs (None where absent)."""
+        decoding = request_options(options)  # first: a bad option costs no audio decoding
+        check_for_model(decoding, self.manifest, self.tokenizer, self.vad is not None)
+        pcm = request_audio(audio, audio_bytes, self.limits)
+        decoding = resolve_options(decoding, len(pcm))
+        features, windows = prepare_windows(pcm, self.manifest.n_mels, decoding, self.vad)
+        return features, windows.to_array(), decoding.to_json()
 
 
 def response_json(
-    pieces, windows: np.ndarray, options: DecodingOptions, manifest: ModelManifest
+    pieces, windows: Windows, options: DecodingOptions, manifest: ModelManifest
 ) -> tuple[str, str]:
     """TEXT and SEGMENTS (JSON) of one request from its windows' decoded pieces."""
     transcript = assemble(pieces, windows, options, manifest)
@@ -163,14 +167,31 @@ def check_decoder_inputs(
     for name, (array, _) in expected.items():
         if not np.all(np.isfinite(array)):
             raise RequestError(f"{name} has NaN or infinite values")
-    start, end, speech = windows[0, :, 0], windows[0, :, 1], windows[0, :, 2]
+    named = Windows.from_array(windows[0])
     if (
-        np.any(start < 0)
-        or np.any(end <= start)
-        or np.any(end - start > 30.0 + 1e-3)
-        or np.any(speech < start)
-        or np.any(speech > end)
+        np.any(named.start < 0)
+        or np.any(named.duration <= 0)
+        or np.any(named.duration > CHUNK_LENGTH + 1e-3)
+        or np.any(named.speech < 0)
+        or np.any(named.speech_end > named.end)
     ):
         raise RequestError(
-            "WINDOWS must hold (start, end, speech end) with 0 <= start <= speech end <= end <= start + 30 s"
+            "WINDOWS must hold (start, end, speech end) with "
+            f"0 <= start <= speech end <= end <= start + {CHUNK_LENGTH} s"
         )
+
+
+def error_response(pb_utils, model: str, exc: BaseException):
+    """Triton's response to a request that failed with ``exc``: a :class:`ClientError` is the client's
+    mistake (INVALID_ARG with its message); anything else is a server fault, logged in full and answered
+    with INTERNAL and a message that reveals nothing of our code. ``pb_utils`` is the Python backend's
+    ``triton_python_backend_utils`` (passed in: this module imports nothing of Triton)."""
+    if isinstance(exc, ClientError):
+        error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+    else:
+        trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        pb_utils.Logger.log_error(f"{model}: {trace}")
+        error = pb_utils.TritonError(
+            f"internal error in {model} (see the server log)", pb_utils.TritonError.INTERNAL
+        )
+    return pb_utils.InferenceResponse(error=error)

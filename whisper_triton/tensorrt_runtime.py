@@ -2,8 +2,8 @@
 
 ``--runtime tensorrt`` builds three engines from the ONNX graphs (``whisper_triton.build.tensorrt``): the encoder, served
 by Triton's ``tensorrt_plan`` backend, and ``cross_kv.plan`` and ``decoder.plan``, which the decoding model
-runs in-process through :class:`TensorRTDecoderBackend` (LESSONS.md: the decoder loop belongs inside one
-process, never one inter-model call per token). The self-attention cache and the cross-attention keys and
+runs in-process through :class:`TensorRTDecoderBackend` (the decoder loop belongs inside one process,
+never one inter-model call per token). The self-attention cache and the cross-attention keys and
 values stay on the GPU between steps; only token ids go in and logits come out each step.
 
 Needs the ``tensorrt`` package and torch with CUDA (the official Triton container plus ``pip install

@@ -1,9 +1,10 @@
 """Audio in, transcript out: windows -> features -> encoder -> guarded decoding -> continuation -> segments.
 
 The Triton models run the same two stages split across models: :func:`prepare_windows` in the feature
-model, :func:`decode_windows` in the decoding model (with the encoder behind a callable, a BLS call
+model, :meth:`Transcriber.decode_windows` in the decoding model (with the encoder behind a callable, a BLS call
 there). :class:`Transcriber` runs both in one process: the build's verification, the benchmarks, the
-PyTorch reference and the Python API use it, so every path shares one implementation.
+PyTorch reference and the Python API use it, so every path shares one implementation; the decoding model
+runs :meth:`Transcriber.decode_windows` of one too, with its encoder a BLS call.
 
 Continuation (openai/whisper's seek, batched): a window whose decoding stops before its speech does
 (Silero VAD says speech goes on for ``CONTINUE_MIN_SPEECH_SECONDS`` past the last timestamp) is decoded
@@ -14,27 +15,26 @@ window's text so far. Every window that needs it goes in one batch, up to ``MAX_
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
 from whisper_triton.constants import CHUNK_LENGTH, FRAMES_PER_SECOND, N_SAMPLES, SAMPLE_RATE, TIME_PRECISION
-from whisper_triton.decoding import DecoderBackend, Segment, WindowResult, detect_languages
+from whisper_triton.decoding import Decoder, WindowContext
+from whisper_triton.errors import ClientError
 from whisper_triton.features import transcription_features
-from whisper_triton.guards import decode_with_fallback, is_silence
+from whisper_triton.guards import is_silence
 from whisper_triton.manifest import ModelManifest
 from whisper_triton.options import DecodingOptions
-from whisper_triton.windows import speech_end, speech_windows, split_windows
+from whisper_triton.results import DecodedPiece, Segment, Transcript
+from whisper_triton.windows import Windows, speech_end, speech_windows, split_windows
 
 CONTINUE_MIN_SPEECH_SECONDS = 1.0  # speech left after the last timestamp that is worth another pass
 MAX_CONTINUATIONS = 4  # passes per window at most (each consumes at least one timestamp step)
+Encoder = Callable[[np.ndarray], np.ndarray]  # log-mel windows [W, n_mels, 3000] -> states [W, 1500, d]
 
 
-@dataclass
-class Transcript:
-    text: str
-    segments: list[Segment]
-    language: str | None = None
+class VadUnavailable(ClientError):
+    """An option that needs the Silero VAD model, where there is none."""
 
 
 def resolve_options(options: DecodingOptions, samples: int) -> DecodingOptions:
@@ -46,9 +46,8 @@ def resolve_options(options: DecodingOptions, samples: int) -> DecodingOptions:
 
 def prepare_windows(
     audio: np.ndarray, n_mels: int, options: DecodingOptions, vad=None, pauses: str = "vad"
-) -> tuple[np.ndarray, np.ndarray]:
-    """Log-mel features ``[W, n_mels, 3000]`` of each window and the windows ``[W, 3]``: start, end and
-    where the window's last speech ends (its start when it holds none), in seconds.
+) -> tuple[np.ndarray, Windows]:
+    """Log-mel features ``[W, n_mels, 3000]`` of each window, and the windows.
 
     ``vad`` (a :class:`~whisper_triton.vad.SileroVad`) finds the pauses to cut at and the speech;
     without it, pauses come from frame energy and every window counts as speech to its end.
@@ -58,7 +57,7 @@ def prepare_windows(
     probabilities = vad.probabilities(audio) if vad is not None else None
     if options.vad_filter:
         if probabilities is None:
-            raise ValueError("vad_filter needs the Silero VAD model")
+            raise VadUnavailable("vad_filter needs the Silero VAD model, and this server has none")
         bounds = speech_windows(audio, probabilities)
         if not bounds:  # no speech at all: one empty window marks it (decode_windows skips it)
             bounds = [(0, min(audio.shape[0], N_SAMPLES))]
@@ -66,152 +65,25 @@ def prepare_windows(
         bounds = split_windows(audio, probabilities if pauses == "vad" else None)
     features = transcription_features([audio[start:end] for start, end in bounds], n_mels)
     threshold = options.speech_threshold
-    windows = np.array(
-        [
-            (
-                start,
-                end,
-                speech_end(None if threshold is None else probabilities, start, end, threshold or 0.5),
-            )
-            for start, end in bounds
-        ],
-        dtype=np.float64,
+    # Without a threshold (or a VAD) every window counts as speech to its end.
+    scores = None if threshold is None else probabilities
+    ends = [speech_end(scores, start, end, threshold) for start, end in bounds]
+    seconds = (
+        np.array([(start, end, speech) for (start, end), speech in zip(bounds, ends, strict=True)])
+        / SAMPLE_RATE
     )
-    return features, (windows / SAMPLE_RATE).astype(np.float32)
-
-
-@dataclass
-class _Piece:
-    """One decoded stretch of a window: from ``offset`` (seconds into the window) on."""
-
-    offset: float
-    result: WindowResult
-
-
-def decode_windows(
-    encoder_output: np.ndarray,
-    features: np.ndarray,
-    windows: np.ndarray,
-    options: DecodingOptions,
-    backend: DecoderBackend,
-    manifest: ModelManifest,
-    tokenizer,
-    encode: Callable[[np.ndarray], np.ndarray],
-    max_rows: int | None = None,
-) -> list[list[_Piece]]:
-    """Decode windows (``encoder_output`` ``[W, 1500, d]`` of ``features``) with the guards, and continue
-    the ones whose decoding stopped before their speech did; ``encode`` encodes shifted windows.
-
-    ``max_rows`` bounds the decoder rows (windows x beams, or x samples at a fallback temperature) in
-    one batch, and with it the self-attention cache and logits in memory: more windows are decoded in
-    several batches, one after the other.
-    """
-    count = encoder_output.shape[0]
-    durations = (windows[:, 1] - windows[:, 0]).astype(np.float64)
-    speech = (windows[:, 2] - windows[:, 0]).astype(np.float64)
-    pieces: list[list[_Piece]] = [[] for _ in range(count)]
-    # A window where the VAD found no speech at all is not decoded (speech end = its start).
-    todo = [i for i in range(count) if speech[i] > 0]
-    if not todo:
-        return pieces
-    languages = _languages(backend, encoder_output, manifest, options, todo)
-    results = decode_with_fallback(
-        backend,
-        encoder_output[todo],
-        manifest,
-        options,
-        tokenizer,
-        durations[todo],
-        [languages[i] for i in todo],
-    )
-    for index, result in zip(todo, results, strict=True):
-        pieces[index].append(_Piece(0.0, result))
-    if not options.timestamps:
-        return pieces
-    for _ in range(MAX_CONTINUATIONS):
-        starts = {i: _resume_point(pieces[i], options, manifest) for i in range(count) if pieces[i]}
-        todo = [
-            i
-            for i, start in starts.items()
-            if start is not None and speech[i] - start >= CONTINUE_MIN_SPEECH_SECONDS
-        ]
-        if not todo:
-            break
-        for chunk in _chunks(todo, _rows_per_window(options), max_rows):
-            shifted = np.stack([_shift(features[i], starts[i]) for i in chunk])
-            results = decode_with_fallback(
-                backend,
-                encode(shifted),
-                manifest,
-                options,
-                tokenizer,
-                np.array([durations[i] - starts[i] for i in chunk]),
-                [languages[i] for i in chunk],
-                [_text_tokens(pieces[i], manifest) for i in chunk],
-            )
-            for index, result in zip(chunk, results, strict=True):
-                pieces[index].append(_Piece(starts[index], result))
-    return pieces
-
-
-def _rows_per_window(options: DecodingOptions) -> int:
-    sampling = options.best_of if options.temperature_increment_on_fallback is not None else 1
-    return max(options.beam_size, sampling)
-
-
-def _chunks(indices: list[int], per_window: int, max_rows: int | None) -> list[list[int]]:
-    size = len(indices) if max_rows is None else max(1, max_rows // per_window)
-    return [indices[start : start + size] for start in range(0, len(indices), size)]
-
-
-def _languages(backend, encoder_output, manifest, options, todo) -> list[str | None]:
-    languages: list[str | None] = [options.language] * encoder_output.shape[0]
-    if manifest.is_multilingual and options.language is None:
-        for index, code in zip(todo, detect_languages(backend, encoder_output[todo], manifest), strict=True):
-            languages[index] = code
-    return languages
-
-
-def _resume_point(pieces: list[_Piece], options: DecodingOptions, manifest: ModelManifest) -> float | None:
-    """Where to continue a window (seconds into it), or None: the last piece gave no closed, timed text."""
-    last = pieces[-1]
-    if is_silence(last.result, options) or not last.result.text:
-        return None
-    closed = _closed_segments(last, manifest)
-    if not closed or closed[-1].end < TIME_PRECISION:
-        return None  # no progress to continue from
-    return last.offset + closed[-1].end
-
-
-def _closed_segments(piece: _Piece, manifest: ModelManifest) -> list[Segment]:
-    """The piece's segments that a timestamp closed (trailing text without one is re-decoded if continued)."""
-    tokens, segments = piece.result.tokens, piece.result.segments
-    if not tokens or not segments or not any(t >= manifest.tokens.timestamp_begin for t in tokens):
-        return []
-    return segments if tokens[-1] >= manifest.tokens.timestamp_begin else segments[:-1]
-
-
-def _shift(features: np.ndarray, seconds: float) -> np.ndarray:
-    """The window's log-mel from ``seconds`` on, padded at the end like every window (openai/whisper's
-    seek slices the mel of the whole audio the same way)."""
-    frames = int(round(seconds * FRAMES_PER_SECOND))
-    shifted = np.zeros_like(features)
-    shifted[:, : features.shape[1] - frames] = features[:, frames:]
-    return shifted
-
-
-def _text_tokens(pieces: list[_Piece], manifest: ModelManifest) -> list[int]:
-    return [t for piece in pieces for t in piece.result.tokens if t < manifest.tokens.eot]
+    # float32 as on the wire, so that in-process and served transcripts time their segments alike.
+    return features, Windows.from_array(seconds.astype(np.float32))
 
 
 def assemble(
-    pieces: list[list[_Piece]], windows: np.ndarray, options: DecodingOptions, manifest: ModelManifest
+    pieces: list[list[DecodedPiece]], windows: Windows, options: DecodingOptions, manifest: ModelManifest
 ) -> Transcript:
     """One transcript: segments in absolute time, clipped to their window, never overlapping; silent
     pieces give nothing; a continued piece's unclosed trailing text is dropped (its continuation
     decoded it again)."""
     segments: list[Segment] = []
-    for window_pieces, (start, end, _speech) in zip(pieces, windows, strict=True):
+    for window_pieces, start, end in zip(pieces, windows.start, windows.end, strict=True):
         for position, piece in enumerate(window_pieces):
             if is_silence(piece.result, options):
                 continue
@@ -231,33 +103,33 @@ def assemble(
 
 
 class Transcriber:
-    """Both stages in one process, over any encoder callable and decoder backend."""
+    """Both stages over an encoder callable and a :class:`~whisper_triton.decoding.Decoder`.
+
+    ``vad`` (a :class:`~whisper_triton.vad.SileroVad`) finds pauses and speech; ``pauses="energy"`` cuts
+    long audio at energy pauses even with a VAD. ``max_rows`` bounds the decoder rows (windows x beams,
+    or x samples at a fallback temperature) of one batch, and with it the self-attention cache and
+    logits in memory: more windows are decoded in several batches, one after the other.
+    """
 
     def __init__(
-        self,
-        encoder: Callable[[np.ndarray], np.ndarray],
-        backend: DecoderBackend,
-        manifest: ModelManifest,
-        tokenizer,
-        vad=None,
-        pauses: str = "vad",
+        self, encoder: Encoder, decoder: Decoder, vad=None, pauses: str = "vad", max_rows: int | None = None
     ):
-        self.encoder, self.backend, self.manifest, self.tokenizer = encoder, backend, manifest, tokenizer
-        self.vad, self.pauses = vad, pauses
+        self.encoder, self.decoder, self.vad, self.pauses, self.max_rows = (
+            encoder,
+            decoder,
+            vad,
+            pauses,
+            max_rows,
+        )
+
+    @property
+    def manifest(self) -> ModelManifest:
+        return self.decoder.manifest
 
     def transcribe(self, audio: np.ndarray, options: DecodingOptions | None = None) -> Transcript:
         options = resolve_options(options or DecodingOptions(), len(audio))
         features, windows = prepare_windows(audio, self.manifest.n_mels, options, self.vad, self.pauses)
-        pieces = decode_windows(
-            self.encoder(features),
-            features,
-            windows,
-            options,
-            self.backend,
-            self.manifest,
-            self.tokenizer,
-            self.encoder,
-        )
+        pieces = self.decode_windows(self.encoder(features), features, windows, options)
         return assemble(pieces, windows, options, self.manifest)
 
     def transcribe_batch(
@@ -265,10 +137,11 @@ class Transcriber:
     ) -> list[Transcript]:
         """Short clips (<= 30 s each), ``batch_size`` at a time through the encoder and the decoder
         (features, encoder states and cross K/V of a batch are held in memory at once)."""
-        options = options or DecodingOptions()
         if any(len(audio) > N_SAMPLES for audio in audios):
-            raise ValueError("transcribe_batch takes clips of at most 30 s; use transcribe for longer audio")
-        options = resolve_options(options, 0)
+            raise ValueError(
+                f"transcribe_batch takes clips of at most {CHUNK_LENGTH} s; use transcribe for longer audio"
+            )
+        options = resolve_options(options or DecodingOptions(), 0)
         transcripts: list[Transcript] = []
         for start in range(0, len(audios), batch_size):
             transcripts += self._short_batch(audios[start : start + batch_size], options)
@@ -276,23 +149,112 @@ class Transcriber:
 
     def _short_batch(self, audios: list[np.ndarray], options: DecodingOptions) -> list[Transcript]:
         features = transcription_features(audios, self.manifest.n_mels)
-        ends = [len(a) / SAMPLE_RATE for a in audios]
         threshold = options.speech_threshold
         speech = [
-            speech_end(self.vad.probabilities(a), 0, len(a), threshold) / SAMPLE_RATE
+            speech_end(self.vad.probabilities(a), 0, len(a), threshold)
             if self.vad is not None and threshold is not None
-            else end
-            for a, end in zip(audios, ends, strict=True)
+            else len(a)
+            for a in audios
         ]
-        windows = np.array([(0.0, end, s) for end, s in zip(ends, speech, strict=True)], dtype=np.float32)
-        pieces = decode_windows(
-            self.encoder(features),
-            features,
-            windows,
-            options,
-            self.backend,
-            self.manifest,
-            self.tokenizer,
-            self.encoder,
-        )
+        seconds = [
+            (0.0, len(a) / SAMPLE_RATE, end / SAMPLE_RATE) for a, end in zip(audios, speech, strict=True)
+        ]
+        windows = Windows.from_array(np.array(seconds, dtype=np.float32))
+        pieces = self.decode_windows(self.encoder(features), features, windows, options)
         return [assemble([p], windows[i : i + 1], options, self.manifest) for i, p in enumerate(pieces)]
+
+    def decode_windows(
+        self, encoder_output: np.ndarray, features: np.ndarray, windows: Windows, options: DecodingOptions
+    ) -> list[list[DecodedPiece]]:
+        """Decode windows (``encoder_output`` ``[W, 1500, d]`` of ``features``) with the guards, and continue
+        the ones whose decoding stopped before their speech did (their shifted log-mel goes through the
+        encoder again). Windows without speech are not decoded: they get no pieces."""
+        count = encoder_output.shape[0]
+        durations, speech = windows.duration, windows.speech
+        pieces: list[list[DecodedPiece]] = [[] for _ in range(count)]
+        todo = [int(i) for i in np.flatnonzero(windows.has_speech)]
+        if not todo:
+            return pieces
+        languages = self._languages(encoder_output, options, todo)
+        for chunk in _chunks(todo, _rows_per_window(options), self.max_rows):
+            contexts = [WindowContext(float(durations[i]), languages[i]) for i in chunk]
+            results = self.decoder.decode_with_fallback(encoder_output[chunk], options, contexts)
+            for index, result in zip(chunk, results, strict=True):
+                pieces[index].append(DecodedPiece(0.0, result))
+        if not options.timestamps:
+            return pieces
+        for _ in range(MAX_CONTINUATIONS):
+            starts = {i: _resume_point(pieces[i], options, self.manifest) for i in range(count) if pieces[i]}
+            todo = [
+                i
+                for i, start in starts.items()
+                if start is not None and speech[i] - start >= CONTINUE_MIN_SPEECH_SECONDS
+            ]
+            if not todo:
+                break
+            for chunk in _chunks(todo, _rows_per_window(options), self.max_rows):
+                shifted = np.stack([_shift(features[i], starts[i]) for i in chunk])
+                contexts = [
+                    WindowContext(
+                        float(durations[i] - starts[i]), languages[i], _text_tokens(pieces[i], self.manifest)
+                    )
+                    for i in chunk
+                ]
+                results = self.decoder.decode_with_fallback(self.encoder(shifted), options, contexts)
+                for index, result in zip(chunk, results, strict=True):
+                    pieces[index].append(DecodedPiece(starts[index], result))
+        return pieces
+
+    def _languages(
+        self, encoder_output: np.ndarray, options: DecodingOptions, todo: list[int]
+    ) -> list[str | None]:
+        """Each window's language: the options' own, or detected per window (multilingual models)."""
+        languages: list[str | None] = [options.language] * encoder_output.shape[0]
+        if self.manifest.is_multilingual and options.language is None:
+            for index, code in zip(todo, self.decoder.detect_languages(encoder_output[todo]), strict=True):
+                languages[index] = code
+        return languages
+
+
+def _rows_per_window(options: DecodingOptions) -> int:
+    sampling = options.best_of if options.temperature_increment_on_fallback is not None else 1
+    return max(options.beam_size, sampling)
+
+
+def _chunks(indices: list[int], per_window: int, max_rows: int | None) -> list[list[int]]:
+    size = len(indices) if max_rows is None else max(1, max_rows // per_window)
+    return [indices[start : start + size] for start in range(0, len(indices), size)]
+
+
+def _resume_point(
+    pieces: list[DecodedPiece], options: DecodingOptions, manifest: ModelManifest
+) -> float | None:
+    """Where to continue a window (seconds into it), or None: the last piece gave no closed, timed text."""
+    last = pieces[-1]
+    if is_silence(last.result, options) or not last.result.text:
+        return None
+    closed = _closed_segments(last, manifest)
+    if not closed or closed[-1].end < TIME_PRECISION:
+        return None  # no progress to continue from
+    return last.offset + closed[-1].end
+
+
+def _closed_segments(piece: DecodedPiece, manifest: ModelManifest) -> list[Segment]:
+    """The piece's segments that a timestamp closed (trailing text without one is re-decoded if continued)."""
+    tokens, segments = piece.result.tokens, piece.result.segments
+    if not tokens or not segments or not any(t >= manifest.tokens.timestamp_begin for t in tokens):
+        return []
+    return segments if tokens[-1] >= manifest.tokens.timestamp_begin else segments[:-1]
+
+
+def _shift(features: np.ndarray, seconds: float) -> np.ndarray:
+    """The window's log-mel from ``seconds`` on, padded at the end like every window (openai/whisper's
+    seek slices the mel of the whole audio the same way)."""
+    frames = int(round(seconds * FRAMES_PER_SECOND))
+    shifted = np.zeros_like(features)
+    shifted[:, : features.shape[1] - frames] = features[:, frames:]
+    return shifted
+
+
+def _text_tokens(pieces: list[DecodedPiece], manifest: ModelManifest) -> tuple[int, ...]:
+    return tuple(t for piece in pieces for t in piece.result.tokens if t < manifest.tokens.eot)

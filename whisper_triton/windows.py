@@ -8,14 +8,16 @@ is least likely in its last ``SEARCH_SECONDS``. Audio of at most 30 s is one win
 
 Pauses come from Silero VAD's speech probabilities (:mod:`whisper_triton.vad`) when they are given, else
 from frame energy (a frame 40 dB below the loudest one is silent). The energy rule finds pauses in clean
-audio only: with noise at 35 dB SNR or worse it finds none (README, "Long audio", has the comparison).
+audio only: with noise at 35 dB SNR or worse it finds none (docs/benchmarks.md, "Long-form WER").
 
 Why 25 s and not the full 30 s: on 2.4 minutes of concatenated corpus speech (gaps of 0.3 and 0.5 s),
 merging up to 25 s gave 7.3-7.6% WER against 10-12.5% for 30-s windows cut at their longest pause, and
-8.1% for the same sentences transcribed one by one (README, "Long audio").
+8.1% for the same sentences transcribed one by one (docs/benchmarks.md, "Long-form WER").
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,6 +30,52 @@ TARGET_SECONDS = 25.0  # merge pause-separated pieces up to this length
 SEARCH_SECONDS = 10.0  # a piece without pauses is cut at the least speech-like point this close to 30 s
 PAUSE_VAD = VadParameters(min_silence_ms=int(MIN_PAUSE_SECONDS * 1000), pad_ms=0)
 FILTER_VAD = VadParameters()  # vad_filter: faster-whisper's defaults (2 s of silence ends speech, 0.4 s pad)
+WINDOW_FIELDS = 3  # start, end, speech end: the columns of the WINDOWS tensor
+
+
+@dataclass(frozen=True)
+class Windows:
+    """Windows of audio in seconds: where each starts and ends, and where its last speech ends (its start
+    when it holds none). On the wire (the WINDOWS tensor) they are one ``[W, 3]`` float32 array in this
+    column order; Python code reads them by name."""
+
+    start: np.ndarray
+    end: np.ndarray
+    speech_end: np.ndarray
+
+    @classmethod
+    def from_array(cls, array: np.ndarray) -> Windows:
+        """The windows of a ``[W, 3]`` WINDOWS array."""
+        if array.ndim != 2 or array.shape[1] != WINDOW_FIELDS:
+            raise ValueError(f"windows must be [W, {WINDOW_FIELDS}], got {list(array.shape)}")
+        values = array.astype(np.float64)
+        return cls(values[:, 0], values[:, 1], values[:, 2])
+
+    def to_array(self) -> np.ndarray:
+        """The ``[W, 3]`` float32 WINDOWS array."""
+        return np.stack([self.start, self.end, self.speech_end], axis=1).astype(np.float32)
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    @property
+    def duration(self) -> np.ndarray:
+        """Seconds of audio in each window."""
+        return self.end - self.start
+
+    @property
+    def speech(self) -> np.ndarray:
+        """Seconds from each window's start to the end of its last speech (0: no speech)."""
+        return self.speech_end - self.start
+
+    @property
+    def has_speech(self) -> np.ndarray:
+        """Whether each window holds any speech (only these are decoded)."""
+        return self.speech_end > self.start
+
+    def __getitem__(self, index) -> Windows:
+        """The windows at ``index`` (a slice, or an array of indices)."""
+        return Windows(self.start[index], self.end[index], self.speech_end[index])
 
 
 def split_windows(

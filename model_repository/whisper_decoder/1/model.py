@@ -8,7 +8,6 @@ decoding stopped before their speech did are continued: their shifted log-mel go
 
 import json
 import pathlib
-import traceback
 from collections import defaultdict
 
 # Before numpy and whisper_triton: the bundled code, then PYTHONPATH, first on sys.path.
@@ -18,19 +17,22 @@ import triton_python_backend_utils as pb_utils
 
 import whisper_triton
 from whisper_triton import contract
+from whisper_triton.decoding import Decoder
 from whisper_triton.manifest import TOKENIZER_FILE, ModelManifest
 from whisper_triton.native import release_free_memory, return_large_blocks_at_once
 from whisper_triton.onnx_runtime import OnnxDecoderBackend
-from whisper_triton.options import DecodingOptions, OptionsError
-from whisper_triton.serving import RequestError, check_decoder_inputs, response_json
+from whisper_triton.options import DecodingOptions
+from whisper_triton.serving import check_decoder_inputs, error_response, response_json
 from whisper_triton.tensorrt_runtime import DECODER_ENGINE
 from whisper_triton.tokenizer import TextTokenizer
-from whisper_triton.transcriber import decode_windows
+from whisper_triton.transcriber import Transcriber
+from whisper_triton.windows import Windows
 
 # Freed memory goes back to the system after batches of more than this many rows (windows x beams). A
 # smaller batch's memory is kept for the next one: trimming after every short request made the next one
 # fault ~55 MB back in (14k page faults per 3-s clip, measured in-process).
 TRIM_ABOVE_ROWS = 16
+MODEL = contract.DECODER_MODEL
 
 
 class TritonPythonModel:
@@ -41,8 +43,6 @@ class TritonPythonModel:
         parameters = {k: v["string_value"] for k, v in json.loads(args["model_config"])["parameters"].items()}
         directory = pathlib.Path(__file__).parent
         self.manifest = ModelManifest.load(directory)
-        self.tokenizer = TextTokenizer(directory / TOKENIZER_FILE)
-        self.max_rows = int(parameters["max_decoder_rows"])
         self.encoder_input, self.encoder_output = parameters["encoder_input"], parameters["encoder_output"]
         self.max_windows = int(parameters["max_windows"])
         # Continuation windows of several requests go to the encoder in calls it accepts from one request.
@@ -51,9 +51,11 @@ class TritonPythonModel:
             from whisper_triton.tensorrt_runtime import TensorRTDecoderBackend
 
             device = int(args.get("model_instance_device_id") or 0)
-            self.backend = TensorRTDecoderBackend.from_directory(directory, self.manifest, device=device)
+            backend = TensorRTDecoderBackend.from_directory(directory, self.manifest, device=device)
         else:
-            self.backend = OnnxDecoderBackend(directory, self.manifest, threads=int(parameters["threads"]))
+            backend = OnnxDecoderBackend(directory, self.manifest, threads=int(parameters["threads"]))
+        decoder = Decoder(backend, self.manifest, TextTokenizer(directory / TOKENIZER_FILE))
+        self.transcriber = Transcriber(self._encode, decoder, max_rows=int(parameters["max_decoder_rows"]))
 
     def _encode(self, features: np.ndarray) -> np.ndarray:
         """Encoder states of windows ``[W, n_mels, 3000]`` from the `whisper_encoder` model (BLS)."""
@@ -88,42 +90,30 @@ class TritonPythonModel:
                 check_decoder_inputs(states, features, windows, self.manifest, self.max_windows)
                 options = get(contract.DECODE_OPTIONS).reshape(-1)[0]
                 DecodingOptions.from_json(options)
-            except (RequestError, OptionsError) as exc:
-                error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
-                responses[index] = pb_utils.InferenceResponse(error=error)
+            except Exception as exc:  # noqa: BLE001 - the client's mistake (a ClientError), or ours: logged
+                responses[index] = error_response(pb_utils, MODEL, exc)
                 continue
-            inputs[index] = (states[0], features[0], windows[0])
+            inputs[index] = (states[0], features[0], Windows.from_array(windows[0]))
             groups[options].append(index)
         rows = 0  # windows x beams decoded in this execution
         for options_json, members in groups.items():
             try:
                 options = DecodingOptions.from_json(options_json)
-                rows += sum(inputs[i][2].shape[0] for i in members) * options.beam_size
-                pieces = decode_windows(
+                windows = [inputs[i][2] for i in members]
+                rows += sum(len(w) for w in windows) * options.beam_size
+                pieces = self.transcriber.decode_windows(
                     np.concatenate([inputs[i][0] for i in members]),
                     np.concatenate([inputs[i][1] for i in members]),
-                    np.concatenate([inputs[i][2] for i in members]),
+                    Windows.from_array(np.concatenate([w.to_array() for w in windows])),
                     options,
-                    self.backend,
-                    self.manifest,
-                    self.tokenizer,
-                    self._encode,
-                    self.max_rows,
                 )
-            except ValueError as exc:  # options the features model let through but decoding cannot honour
+            except Exception as exc:  # noqa: BLE001 - the client's mistake (a ClientError), or ours: logged
                 for i in members:
-                    error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
-                    responses[i] = pb_utils.InferenceResponse(error=error)
-                continue
-            except Exception:  # noqa: BLE001 - a server fault: log it here, tell the client no internals
-                pb_utils.Logger.log_error(f"whisper_decoder: {traceback.format_exc()}")
-                for i in members:
-                    error = pb_utils.TritonError("internal error in whisper_decoder (see the server log)")
-                    responses[i] = pb_utils.InferenceResponse(error=error)
+                    responses[i] = error_response(pb_utils, MODEL, exc)
                 continue
             start = 0
             for i in members:
-                count = inputs[i][2].shape[0]
+                count = len(inputs[i][2])
                 text, segments = response_json(
                     pieces[start : start + count], inputs[i][2], options, self.manifest
                 )

@@ -6,7 +6,6 @@ is checked (shape, window count within the server's duration limit, finite value
 
 import json
 import pathlib
-import traceback
 
 # Before numpy and whisper_triton: the bundled code, then PYTHONPATH, first on sys.path.
 import _whisper_triton_paths  # noqa: F401
@@ -17,7 +16,9 @@ import whisper_triton
 from whisper_triton import contract
 from whisper_triton.native import return_large_blocks_at_once
 from whisper_triton.onnx_runtime import OnnxEncoder
-from whisper_triton.serving import RequestError, check_encoder_input
+from whisper_triton.serving import check_encoder_input, error_response
+
+MODEL = contract.ENCODER_MODEL
 
 
 class TritonPythonModel:
@@ -38,9 +39,8 @@ class TritonPythonModel:
             features = pb_utils.get_input_tensor_by_name(request, contract.INPUT_FEATURES).as_numpy()
             try:
                 check_encoder_input(features, *self.shape, self.max_windows)
-            except RequestError as exc:
-                error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
-                responses[index] = pb_utils.InferenceResponse(error=error)
+            except Exception as exc:  # noqa: BLE001 - the client's mistake (a ClientError), or ours: logged
+                responses[index] = error_response(pb_utils, MODEL, exc)
                 continue
             valid.append(index)
             batch.append(features)
@@ -48,11 +48,9 @@ class TritonPythonModel:
             return responses
         try:
             states = self.encoder(np.concatenate(batch))
-        except Exception:  # noqa: BLE001 - a server fault: log it here, tell the client no internals
-            pb_utils.Logger.log_error(f"whisper_encoder: {traceback.format_exc()}")
+        except Exception as exc:  # noqa: BLE001 - a server fault: logged, the client told no internals
             for index in valid:
-                error = pb_utils.TritonError("internal error in whisper_encoder (see the server log)")
-                responses[index] = pb_utils.InferenceResponse(error=error)
+                responses[index] = error_response(pb_utils, MODEL, exc)
             return responses
         for position, index in enumerate(valid):
             tensor = pb_utils.Tensor(contract.ENCODER_OUTPUT, states[position : position + 1])

@@ -6,7 +6,6 @@ Everything a client can get wrong is answered here, before any model runs, with 
 
 import json
 import pathlib
-import traceback
 
 # Before numpy and whisper_triton: the bundled code, then PYTHONPATH, first on sys.path.
 import _whisper_triton_paths  # noqa: F401
@@ -17,10 +16,12 @@ import whisper_triton
 from whisper_triton import contract
 from whisper_triton.manifest import TOKENIZER_FILE, ModelManifest
 from whisper_triton.native import return_large_blocks_at_once
-from whisper_triton.serving import Limits, RequestError, prepare
+from whisper_triton.serving import FeatureStage, Limits, error_response
 from whisper_triton.tokenizer import TextTokenizer
 from whisper_triton.vad import MODEL_FILE as VAD_FILE
 from whisper_triton.vad import SileroVad
+
+MODEL = contract.FEATURES_MODEL
 
 
 class TritonPythonModel:
@@ -30,35 +31,25 @@ class TritonPythonModel:
         return_large_blocks_at_once()
         parameters = json.loads(args["model_config"])["parameters"]
         directory = pathlib.Path(__file__).parent
-        self.limits = Limits(
+        limits = Limits(
             max_seconds=float(parameters["max_audio_seconds"]["string_value"]),
             max_bytes=int(parameters["max_audio_bytes"]["string_value"]),
         )
-        self.manifest = ModelManifest.load(directory)
-        self.tokenizer = TextTokenizer(directory / TOKENIZER_FILE)
-        self.vad = SileroVad(directory / VAD_FILE) if (directory / VAD_FILE).is_file() else None
+        vad = SileroVad(directory / VAD_FILE) if (directory / VAD_FILE).is_file() else None
+        tokenizer = TextTokenizer(directory / TOKENIZER_FILE)
+        self.stage = FeatureStage(ModelManifest.load(directory), tokenizer, vad, limits)
 
     def execute(self, requests):
         responses = []
         for request in requests:
             try:
-                features, windows, options = prepare(
+                features, windows, options = self.stage.prepare(
                     _input(request, contract.AUDIO),
                     _input(request, contract.AUDIO_BYTES),
                     _input(request, contract.OPTIONS),
-                    self.limits,
-                    self.manifest,
-                    self.tokenizer,
-                    self.vad,
                 )
-            except RequestError as exc:
-                error = pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
-                responses.append(pb_utils.InferenceResponse(error=error))
-                continue
-            except Exception:  # noqa: BLE001 - a server fault: log it here, tell the client no internals
-                pb_utils.Logger.log_error(f"whisper_features: {traceback.format_exc()}")
-                error = pb_utils.TritonError("internal error in whisper_features (see the server log)")
-                responses.append(pb_utils.InferenceResponse(error=error))
+            except Exception as exc:  # noqa: BLE001 - the client's mistake (a ClientError), or ours: logged
+                responses.append(error_response(pb_utils, MODEL, exc))
                 continue
             responses.append(
                 pb_utils.InferenceResponse(

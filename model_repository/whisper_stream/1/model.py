@@ -13,7 +13,6 @@ is not decoupled, Triton runs one execution at a time, so a stream's chunks are 
 import asyncio
 import json
 import pathlib
-import traceback
 
 # Before numpy and whisper_triton: the bundled code, then PYTHONPATH, first on sys.path.
 import _whisper_triton_paths  # noqa: F401
@@ -22,9 +21,10 @@ import triton_python_backend_utils as pb_utils
 
 import whisper_triton
 from whisper_triton import contract
+from whisper_triton.errors import ClientError
 from whisper_triton.manifest import TOKENIZER_FILE, ModelManifest
 from whisper_triton.native import return_large_blocks_at_once
-from whisper_triton.serving import RequestError, check_for_model, request_options
+from whisper_triton.serving import RequestError, check_for_model, error_response, request_options
 from whisper_triton.streaming import StreamLimitError, StreamRegistry, Update, check_chunk, stream_options
 from whisper_triton.tokenizer import TextTokenizer
 from whisper_triton.transcriber import prepare_windows
@@ -68,12 +68,12 @@ class TritonPythonModel:
         for index, request in enumerate(requests):
             try:
                 key, forced, end = self._accept(request)
-            except RequestError as exc:
-                responses[index] = _error(str(exc), pb_utils.TritonError.INVALID_ARG)
-                continue
             except StreamLimitError as exc:
                 pb_utils.Logger.log_warn(f"whisper_stream: {exc}")
                 responses[index] = _error(str(exc), pb_utils.TritonError.UNAVAILABLE)
+                continue
+            except Exception as exc:  # noqa: BLE001 - the client's mistake (a ClientError), or ours: logged
+                responses[index] = error_response(pb_utils, contract.STREAM_MODEL, exc)
                 continue
             if key is not None:
                 accepted.setdefault(key, []).append((index, forced, end))
@@ -136,8 +136,8 @@ class TritonPythonModel:
             except Exception as exc:  # noqa: BLE001 - reported for this stream only
                 results[i] = exc
                 continue
-            if np.any(windows[:, 2] > windows[:, 0]):
-                prepared[i] = (features, windows, stream.options.to_json(), probabilities)
+            if windows.has_speech.any():
+                prepared[i] = (features, windows.to_array(), stream.options.to_json(), probabilities)
             else:
                 results[i] = ([], False, probabilities)  # VAD hears no speech: nothing to decode
         order = list(prepared)
@@ -196,7 +196,7 @@ async def _infer(model, inputs, outputs):
     if response.has_error():
         error = response.error()
         if error.code() == pb_utils.TritonError.INVALID_ARG:
-            raise RequestError(error.message())
+            raise ClientError(error.message())
         raise RuntimeError(f"{model}: {error.message()}")
     return [pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs]
 
@@ -221,11 +221,4 @@ def _error(message, code):
 
 
 def _failure(exc):
-    if isinstance(exc, RequestError):
-        return _error(str(exc), pb_utils.TritonError.INVALID_ARG)
-    # A server fault: log it here, tell the client no internals.
-    trace = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-    pb_utils.Logger.log_error(f"whisper_stream: {trace}")
-    return pb_utils.InferenceResponse(
-        error=pb_utils.TritonError("internal error in whisper_stream (see the server log)")
-    )
+    return error_response(pb_utils, contract.STREAM_MODEL, exc)

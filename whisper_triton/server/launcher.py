@@ -1,27 +1,25 @@
-"""Start and stop a real ``tritonserver`` for a model repository: for tests, demos and ``make serve``.
+"""Start and stop a real ``tritonserver`` for a model repository: for tests, demos and the ``serve`` command.
 
-:class:`TritonServer` runs the CPU server prepared by :mod:`whisper_triton.build.triton_runtime` in its own
+:class:`TritonServer` runs the CPU server prepared by :mod:`whisper_triton.server.runtime` in its own
 process group (so that stopping it also stops the Python-backend stub processes it forked), on free loopback ports
 unless told otherwise, with its output in a log file, and waits until ``/v2/health/ready`` answers. When
 the server dies or is not ready in time, :class:`TritonServerError` carries the end of the log and each
-model's load error, which is where the real cause is.
+model's load error, which is where the real cause is. Admin APIs answer only requests that carry the
+server's key in the :data:`ADMIN_HEADER` header.
 
-``whisper-triton serve --model-repository DIR`` (``make serve``) runs it in the foreground, printing the
-server log, until Ctrl-C.
+``whisper-triton serve`` (:mod:`whisper_triton.server.supervisor`) runs it in the foreground and
+restarts it when it or a model stub dies.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import re
 import secrets
 import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -29,16 +27,23 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import IO, Literal
 
-from whisper_triton.build.triton_runtime import TritonRuntime, TritonRuntimeError, prepare_triton_runtime
+from whisper_triton.server.processes import (
+    POLL_INTERVAL_S,
+    STUB_BINARY,
+    process_alive,
+    process_group_exists,
+    remove_orphans,
+    remove_shared_memory,
+    stub_processes,
+)
+from whisper_triton.server.runtime import TritonRuntime, prepare_triton_runtime
 
 ModelControlMode = Literal["none", "explicit"]
-POLL_INTERVAL_S = 0.1
-ADMIN_HEADER = "whisper-triton-admin-key"
+ADMIN_HEADER = "whisper-triton-admin-key"  # the HTTP header that carries the admin key
+# tritonserver's gRPC frontend looks for a restricted protocol's header under its own prefix.
+GRPC_ADMIN_HEADER = "triton-grpc-protocol-" + ADMIN_HEADER
 ADMIN_APIS = ("model-repository", "shared-memory", "logging", "trace")  # what only an operator may do
-STUB_BINARY = "triton_python_backend_stub"
 RESTART_GRACE_S = 5.0  # how long a restart lets the old server finish before killing it
-SHM_DIRECTORY = Path("/dev/shm")
-SHM_PREFIX = "triton_python_backend_shm_region_"
 
 
 class TritonServerError(RuntimeError):
@@ -63,101 +68,6 @@ def port_is_free(port: int, host: str = "127.0.0.1") -> bool:
         except OSError:
             return False
         return True
-
-
-def _alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            return stat.read().split(") ")[-1][:1] not in ("Z", "X")  # a zombie is dead
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-
-
-def stub_processes(server_pid: int) -> dict[int, list[str]]:
-    """The Python-backend stub processes of a server (pid -> the shared-memory regions they use)."""
-    stubs = {}
-    for pid, parent in _processes():
-        if parent != server_pid:
-            continue
-        try:
-            with open(f"/proc/{pid}/cmdline", "rb") as handle:
-                arguments = handle.read().decode(errors="replace").split("\0")
-        except (FileNotFoundError, ProcessLookupError):
-            continue
-        if arguments and arguments[0].endswith(STUB_BINARY):
-            stubs[pid] = [a for a in arguments if a.startswith(SHM_PREFIX)]
-    return stubs
-
-
-def _processes():
-    """(pid, parent pid) of every process still running while /proc is read."""
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as stat:
-                yield int(entry), int(stat.read().split(") ")[-1].split()[1])
-        except (FileNotFoundError, ProcessLookupError, ValueError, IndexError):
-            continue
-
-
-def remove_orphans(stub_binary: Path) -> None:
-    """What servers killed outright left behind: their stubs (running this ``stub_binary``, now without
-    a parent server) and the shared-memory regions no process maps any more."""
-    killed = []
-    for pid, parent in _processes():
-        try:
-            executable = os.readlink(f"/proc/{pid}/exe")
-        except OSError:  # gone, or not ours to read
-            continue
-        if executable == str(stub_binary.resolve()) and (parent == 1 or not _is_server(parent)):
-            try:
-                os.kill(pid, signal.SIGKILL)
-                killed.append(pid)
-            except (ProcessLookupError, PermissionError):
-                pass
-    deadline = time.monotonic() + 5
-    while any(_alive(pid) for pid in killed) and time.monotonic() < deadline:
-        time.sleep(POLL_INTERVAL_S)  # their mappings go when they are gone
-    remove_orphaned_shared_memory()
-
-
-def _is_server(pid: int) -> bool:
-    try:
-        return os.readlink(f"/proc/{pid}/exe").endswith("tritonserver")
-    except OSError:
-        return False
-
-
-def remove_orphaned_shared_memory() -> list[str]:
-    """Delete Python-backend shared-memory regions that no running process maps (left by a server that
-    was killed outright); returns their names."""
-    regions = {path.name for path in SHM_DIRECTORY.glob(SHM_PREFIX + "*")}
-    if not regions:
-        return []
-    in_use = set()
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/maps") as maps:
-                in_use.update(re.findall(SHM_PREFIX + r"[\w-]+", maps.read()))
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-    orphans = sorted(regions - in_use)
-    for name in orphans:
-        (SHM_DIRECTORY / name).unlink(missing_ok=True)
-    return orphans
-
-
-def _process_group_exists(pgid: int) -> bool:
-    try:
-        os.killpg(pgid, 0)  # signal 0: only asks whether any process of the group is left
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # a process with that id exists but is not ours: not our group any more
-        return False
-    return True
 
 
 class TritonServer:
@@ -385,7 +295,7 @@ class TritonServer:
         if self._process is None:
             return
         pgid = self._process.pid  # start_new_session made the server the leader of its own group
-        if self._process.poll() is None or _process_group_exists(pgid):
+        if self._process.poll() is None or process_group_exists(pgid):
             self._signal_group(pgid, signal.SIGTERM)
             try:
                 self._process.wait(timeout=timeout_s)
@@ -394,21 +304,20 @@ class TritonServer:
                 self._process.wait()
             # The stubs may outlive the server by a moment; give them until the deadline, then kill them.
             deadline = time.monotonic() + timeout_s
-            while _process_group_exists(pgid) and time.monotonic() < deadline:
+            while process_group_exists(pgid) and time.monotonic() < deadline:
                 time.sleep(POLL_INTERVAL_S)
-            if _process_group_exists(pgid):
+            if process_group_exists(pgid):
                 self._signal_group(pgid, signal.SIGKILL)
         # A server killed outright (kill -9, out of memory) leaves its stubs' shared memory behind.
         for regions in self._stub_pids.values():
-            for region in regions:
-                (SHM_DIRECTORY / region).unlink(missing_ok=True)
+            remove_shared_memory(regions)
         if self._log is not None:
             self._log.close()
             self._log = None
 
     def dead_stubs(self) -> list[int]:
         """The model stub processes that were running when the server became ready and are gone now."""
-        return [pid for pid in self._stub_pids if not _alive(pid)]
+        return [pid for pid in self._stub_pids if not process_alive(pid)]
 
     def restart(self) -> None:
         """Stop the server and everything of it, and start it again on the same ports."""
@@ -430,103 +339,3 @@ class TritonServer:
 
     def __exit__(self, *exc_info) -> None:
         self.stop()
-
-
-RESTART_WINDOW_S = 300.0  # more than MAX_RESTARTS restarts within this window: give up (a crash loop)
-MAX_RESTARTS = 5
-
-
-def _supervise(server: TritonServer) -> int:
-    """Print the server log as it grows; restart the server when it or one of its model stubs dies.
-
-    Triton 2.51 neither replaces a Python-backend stub that died (kill -9, out of memory) nor reports
-    it: the server stays "ready" while every request to that model fails. A restart replaces every
-    stub; meanwhile clients get connection errors at once (never a hang) and readiness probes fail.
-    """
-    restarts: list[float] = []
-    with open(server.log_path, "rb") as log:
-        while True:
-            chunk = log.read()
-            if chunk:
-                sys.stdout.write(chunk.decode(errors="replace"))
-                sys.stdout.flush()
-                continue
-            dead = server.dead_stubs()
-            if server.is_alive() and not dead:
-                time.sleep(0.2)
-                continue
-            reason = (
-                f"model stub process(es) {dead} died"
-                if dead
-                else f"tritonserver exited ({server.returncode})"
-            )
-            now = time.monotonic()
-            restarts = [t for t in restarts if now - t < RESTART_WINDOW_S] + [now]
-            if len(restarts) > MAX_RESTARTS:
-                print(
-                    f"{reason}; {MAX_RESTARTS} restarts in {RESTART_WINDOW_S:.0f} s: giving up",
-                    file=sys.stderr,
-                )
-                return 1
-            print(f"{reason}: restarting tritonserver", file=sys.stderr, flush=True)
-            server.restart()
-            print(f"ready again: HTTP {server.url_http}, gRPC {server.url_grpc}", file=sys.stderr, flush=True)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="whisper-triton serve", description=__doc__.split("\n")[0])
-    parser.add_argument("--model-repository", type=Path, required=True)
-    parser.add_argument(
-        "--host",
-        default="127.0.0.1",
-        help="address to bind (default %(default)s: this machine only; 0.0.0.0 for every interface)",
-    )
-    parser.add_argument("--http-port", type=int, default=8000)
-    parser.add_argument("--grpc-port", type=int, default=8001)
-    parser.add_argument("--metrics-port", type=int, default=8002)
-    parser.add_argument("--model-control-mode", choices=("none", "explicit"), default="none")
-    parser.add_argument("--load-model", action="append", default=[], help="with explicit mode; repeatable")
-    parser.add_argument("--log-file", type=Path, help="default: <cache>/triton/logs/tritonserver-PORT.log")
-    parser.add_argument("--startup-timeout", type=float, default=300.0, help="seconds (%(default)s)")
-    parser.add_argument(
-        "--admin-key",
-        default=os.environ.get("WHISPER_TRITON_ADMIN_KEY"),
-        help=f"model control, shared memory, logging and trace need the header {ADMIN_HEADER}: <this key> "
-        "(default: $WHISPER_TRITON_ADMIN_KEY; unset: those APIs are closed)",
-    )
-    args = parser.parse_args(argv)
-    # Ctrl-C and SIGTERM (docker stop, kill) both stop the server through KeyboardInterrupt; SIGINT is set
-    # explicitly because a shell starts background jobs with it ignored.
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    signal.signal(signal.SIGTERM, signal.default_int_handler)
-    server = TritonServer(
-        args.model_repository,
-        host=args.host,
-        http_port=args.http_port,
-        grpc_port=args.grpc_port,
-        metrics_port=args.metrics_port,
-        model_control_mode=args.model_control_mode,
-        load_models=args.load_model,
-        log_path=args.log_file,
-        startup_timeout_s=args.startup_timeout,
-        admin_key=args.admin_key,
-    )
-    try:
-        print(f"starting tritonserver for {server.model_repository} ...", flush=True)
-        with server:
-            print(
-                f"ready (bound to {server.host}): HTTP {server.url_http}, gRPC {server.url_grpc}, "
-                f"metrics {server.url_metrics} (log: {server.log_path}); Ctrl-C stops it",
-                flush=True,
-            )
-            return _supervise(server)  # returns only when it gives up: a failure
-    except (TritonRuntimeError, TritonServerError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        print("\nstopped", file=sys.stderr)
-        return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

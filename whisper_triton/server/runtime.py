@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import fcntl
 import importlib.metadata
 import importlib.util
 import json
@@ -37,12 +36,11 @@ import os
 import shutil
 import sys
 import sysconfig
-from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from whisper_triton.native import missing_libraries
-from whisper_triton.paths import cache_dir
+from whisper_triton.paths import cache_dir, locked
 
 logger = logging.getLogger(__name__)
 
@@ -158,15 +156,6 @@ def _is_prepared(backend_directory: Path, root: Path, stamp: dict) -> bool:
     return all((backend_directory / "python" / name).is_file() for name in (*BACKEND_FILES, STUB_NAME))
 
 
-@contextmanager
-def _locked(root: Path) -> Iterator[None]:
-    """Hold a lock on ``root``: parallel preparations (make setup, test workers) wait for each other."""
-    root.mkdir(parents=True, exist_ok=True)
-    with open(root / LOCK_FILE, "a") as lock:  # "a": taking the lock leaves the file as it is
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        yield
-
-
 def _copy_backend(distribution: _Distribution, stub: Path, backend_directory: Path) -> None:
     python_backend = backend_directory / "python"
     shutil.rmtree(backend_directory, ignore_errors=True)
@@ -241,7 +230,7 @@ def prepare_triton_runtime(
     )
     stamp = _stamp(python, distribution.version)
     if not _is_prepared(runtime.backend_directory, root, stamp):
-        with _locked(root):
+        with locked(root, LOCK_FILE):
             if not _is_prepared(runtime.backend_directory, root, stamp):  # another process may have won
                 (root / STAMP_FILE).unlink(missing_ok=True)  # half-built until the new stamp is written
                 _copy_backend(distribution, stub, runtime.backend_directory)
@@ -251,10 +240,13 @@ def prepare_triton_runtime(
     return runtime
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="whisper-triton runtime", description=__doc__.split("\n")[0])
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``whisper-triton runtime``: prepare the runtime and print it."""
+    parser.description = __doc__.split("\n")[0]
     parser.add_argument("--root", type=Path, default=None, help=f"where to prepare it ({default_root()})")
-    args = parser.parse_args(argv)
+
+
+def run(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
         runtime = prepare_triton_runtime(args.root)
@@ -265,7 +257,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{field.name:18} {getattr(runtime, field.name)}")
     print(f"{'numpy':18} {numpy_version(runtime.python_path)}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())
