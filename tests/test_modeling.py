@@ -181,7 +181,7 @@ def test_bundled_conversion_is_cached_by_content(tmp_path, monkeypatch, bundled_
 
 
 def test_tiny_en_loads_offline_in_a_fresh_process(tmp_path):
-    """The README one-liner, with the hub switched off: the bundled weights are used."""
+    """Loading by the hub name in a fresh process with the hub switched off: the bundled weights are used."""
     code = (
         "from training import create_whisper_model_and_processor as c; m, p = c('openai/whisper-tiny.en'); "
         "print(m.config.d_model, len(p.tokenizer), m.generation_config.no_timestamps_token_id)"

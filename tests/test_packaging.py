@@ -27,7 +27,7 @@ PARTS = {
 }
 # Imported, but provided by the deployment rather than by pip: Triton's Python backend gives its models
 # triton_python_backend_utils; TensorRT (and torch, for its GPU buffers) exist only in a GPU image, where
-# the README installs them (`--runtime tensorrt`), and whisper_triton.tensorrt_runtime imports them lazily.
+# docs/deployment.md installs them (`--runtime tensorrt`), and whisper_triton.tensorrt_runtime imports them lazily.
 PROVIDED = {"triton_python_backend_utils", "tensorrt"}
 PROVIDED_BY_MODULE = {"whisper_triton.tensorrt_runtime": {"torch"}}
 # Imported by one module for an optional feature, from an extra of its own: the module says how to get it

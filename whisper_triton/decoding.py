@@ -192,7 +192,7 @@ class Decoder:
         for length in sorted({len(prompt) for prompt, _ in built}):
             members = [i for i, (prompt, _) in enumerate(built) if len(prompt) == length]
             decoded = self._decode_equal(
-                encoder_output[members],
+                encoder_output if len(members) == count else encoder_output[members],  # no copy for one group
                 options,
                 [built[i] for i in members],
                 [contexts[i] for i in members],
@@ -271,7 +271,7 @@ class Decoder:
                     no_speech_prob=float(no_speech[index]),
                     temperature=float(temperature),
                     language=language,
-                    segments=split_segments(sampled, manifest, self.tokenizer, context.duration),
+                    segments=split_segments(sampled, manifest, self.tokenizer, float(context.duration)),
                 )
             )
         return results

@@ -33,8 +33,9 @@ MAX_CONTINUATIONS = 4  # passes per window at most (each consumes at least one t
 Encoder = Callable[[np.ndarray], np.ndarray]  # log-mel windows [W, n_mels, 3000] -> states [W, 1500, d]
 
 
-class VadUnavailable(ClientError):
-    """An option that needs the Silero VAD model, where there is none."""
+class VadUnavailable(ClientError, ValueError):
+    """An option that needs the Silero VAD model, where there is none (a ``ValueError`` for Python
+    callers, a ``ClientError`` for servers)."""
 
 
 def resolve_options(options: DecodingOptions, samples: int) -> DecodingOptions:
@@ -57,7 +58,7 @@ def prepare_windows(
     probabilities = vad.probabilities(audio) if vad is not None else None
     if options.vad_filter:
         if probabilities is None:
-            raise VadUnavailable("vad_filter needs the Silero VAD model, and this server has none")
+            raise VadUnavailable("vad_filter needs the Silero VAD model, and none was given")
         bounds = speech_windows(audio, probabilities)
         if not bounds:  # no speech at all: one empty window marks it (decode_windows skips it)
             bounds = [(0, min(audio.shape[0], N_SAMPLES))]
@@ -175,8 +176,13 @@ class Transcriber:
         todo = [int(i) for i in np.flatnonzero(windows.has_speech)]
         if not todo:
             return pieces
-        languages = self._languages(encoder_output, options, todo)
+        languages: list[str | None] = [options.language] * count
         for chunk in _chunks(todo, _rows_per_window(options), self.max_rows):
+            if self.manifest.is_multilingual and options.language is None:  # detected per window
+                for index, code in zip(
+                    chunk, self.decoder.detect_languages(encoder_output[chunk]), strict=True
+                ):
+                    languages[index] = code
             contexts = [WindowContext(float(durations[i]), languages[i]) for i in chunk]
             results = self.decoder.decode_with_fallback(encoder_output[chunk], options, contexts)
             for index, result in zip(chunk, results, strict=True):
@@ -204,16 +210,6 @@ class Transcriber:
                 for index, result in zip(chunk, results, strict=True):
                     pieces[index].append(DecodedPiece(starts[index], result))
         return pieces
-
-    def _languages(
-        self, encoder_output: np.ndarray, options: DecodingOptions, todo: list[int]
-    ) -> list[str | None]:
-        """Each window's language: the options' own, or detected per window (multilingual models)."""
-        languages: list[str | None] = [options.language] * encoder_output.shape[0]
-        if self.manifest.is_multilingual and options.language is None:
-            for index, code in zip(todo, self.decoder.detect_languages(encoder_output[todo]), strict=True):
-                languages[index] = code
-        return languages
 
 
 def _rows_per_window(options: DecodingOptions) -> int:
