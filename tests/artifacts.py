@@ -121,7 +121,13 @@ def repository_path(model: str | os.PathLike = "tiny.en", precision: str = "fp32
 def _locked(target: Path):
     target.parent.mkdir(parents=True, exist_ok=True)
     with open(target.parent / f"{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # another session building the same artifact: wait for it
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:  # another session, or this one's background worker, is building it
+            from tests import prefetch
+
+            prefetch.hurry()  # if it is the worker, it stops giving way now that this session waits for it
+            fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
         finally:

@@ -37,6 +37,21 @@ def __getattr__(name: str):
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def pytest_collection_finish(session):
+    """The int8 gate's in-process decoding starts now, in the background at idle priority, when that test
+    is selected (tests/prefetch.py)."""
+    if not session.config.option.collectonly:
+        from tests import prefetch
+
+        prefetch.start(session.items)
+
+
+def pytest_sessionfinish(session):
+    from tests import prefetch
+
+    prefetch.stop()
+
+
 def two_step_training_config(output_dir: Path, model: dict, **training) -> dict:
     """A `python -m training train` config: 2 steps on 4 corpus utterances, evaluation on 2.
 

@@ -43,6 +43,9 @@ def _pip_settings() -> tuple[list[str], dict[str, str]]:
             options += [flag, value]
     if settings.get("no-index", "").lower() in ("1", "true", "yes", "on"):
         options.append("--no-index")
+    # pip picks the best version over all its indexes; uv by default stops at the first index that has a
+    # package at all (where the pinned version may be missing).
+    options += ["--index-strategy", "unsafe-best-match"]
     environment = {"SSL_CERT_FILE": settings["cert"]} if settings.get("cert") else {}
     return options, environment
 
