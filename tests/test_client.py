@@ -275,16 +275,34 @@ def test_docs_admin_key_example(server, monkeypatch, capsys):
         )
 
 
-def test_docs_client_commands(server, example_files):
-    """Every command of docs/client.md's block, with the test server's address and the test corpus."""
+def _librispeech_subset(folder: Path, entries: list[dict]) -> Path:
+    """``entries`` of the test corpus as a LibriSpeech split: speaker/chapter/ID.flac and the chapter's
+    transcript file."""
+    for entry in entries:
+        speaker, chapter, _ = entry["id"].split("-")
+        chapter_dir = folder / speaker / chapter
+        chapter_dir.mkdir(parents=True, exist_ok=True)
+        (chapter_dir / f"{entry['id']}.flac").symlink_to(entry["audio_filepath"])
+        source = Path(entry["audio_filepath"]).parent / f"{speaker}-{chapter}.trans.txt"
+        line = next(line for line in source.read_text().splitlines() if line.startswith(entry["id"] + " "))
+        with (chapter_dir / f"{speaker}-{chapter}.trans.txt").open("a", encoding="utf-8") as trans:
+            trans.write(line + "\n")
+    return folder
+
+
+def test_docs_client_commands(server, example_files, corpus_entries):
+    """Every command of docs/client.md's block, with the test server's address and, for its test-clean,
+    a few corpus utterances as a LibriSpeech split (test_eval_scores_the_server_on_the_corpus scores the
+    whole corpus)."""
     workdir, talk_text = example_files
+    test_clean = _librispeech_subset(workdir / "LibriSpeech" / "test-clean", corpus_entries[8:11])
     block = doc_snippet("client-commands").code
     commands = [line.split("#")[0].strip() for line in block.splitlines()]
     commands = [c for c in commands if c.startswith("whisper-triton") and "--mic" not in c]
     assert len(commands) >= 4
     env = {**os.environ, "PATH": f"{Path(CLI).parent}{os.pathsep}{os.environ['PATH']}"}
     for command in commands:
-        command = command.replace("/data/LibriSpeech/test-clean", str(CORPUS_DIR))
+        command = command.replace("/data/LibriSpeech/test-clean", str(test_clean))
         command += f" --url {server.url_grpc}"
         result = subprocess.run(
             command, shell=True, capture_output=True, text=True, timeout=600, env=env, cwd=workdir

